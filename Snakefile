@@ -1,0 +1,26 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/experiment.smk"
+include: "workflow/rules/summary.smk"
+
+
+rule all:
+    input:
+        results_csvs(),
+        prompts_csvs(),
+        "results/summary.csv",
+        "results/summary.md",
+        "plots/experiment1_all_configs_phase3b.png",
+        "plots/ttft_vs_tokens_recomputed.png",
+    default_target: True

@@ -1,0 +1,169 @@
+"""Prompts of exact token counts: context A, context B and the query Q.
+
+Why this is careful: the experiment's whole point is which tokens the KV cache can
+reuse. The hit prompt ``[A, B, Q]`` must start with exactly the warm-up's tokens
+``[A, B]``, the miss prompt ``[B, Q]`` must share *nothing* with the cached prefix
+(a common BOS token or header would turn a miss into a partial hit), and the text we
+record must tokenize back to exactly the tokens we sent. Every segment is therefore
+built word by word, each word with its leading space, so that segment borders fall on
+the tokenizer's pre-token borders; the result is then checked against the real
+tokenizer rather than assumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvcache_exp import text as textgen
+
+Tokenize = Callable[[str], list[int]]
+Detokenize = Callable[[list[int]], str]
+
+#: Seeds of the three word streams; distinct so that A, B and Q never repeat each other.
+_SEED_A, _SEED_B, _SEED_Q = 1, 2, 3
+#: Words tried to fill the last one or two tokens of a segment.
+_FILLERS = ("the", "and", "a", "of", "to", "in", "it", "was", "on", "at")
+
+
+class PromptError(ValueError):
+    """The prompts asked for cannot be built (too little text, or a tokenizer quirk)."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of prompt: its text and the exact tokens that text tokenizes to."""
+
+    text: str
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The three prompts of one configuration, as token lists and as text."""
+
+    a: Segment
+    b: Segment
+    q: Segment
+
+    @property
+    def warmup(self) -> list[int]:
+        return [*self.a.tokens, *self.b.tokens]
+
+    @property
+    def hit(self) -> list[int]:
+        return [*self.a.tokens, *self.b.tokens, *self.q.tokens]
+
+    @property
+    def miss(self) -> list[int]:
+        return [*self.b.tokens, *self.q.tokens]
+
+    def text(self, name: str) -> str:
+        """The text of prompt ``name`` (``warmup``, ``hit`` or ``miss``)."""
+        parts = {"warmup": (self.a, self.b), "hit": (self.a, self.b, self.q),
+                 "miss": (self.b, self.q)}[name]
+        return "".join(p.text for p in parts)
+
+    def tokens(self, name: str) -> list[int]:
+        """The tokens of prompt ``name``."""
+        return {"warmup": self.warmup, "hit": self.hit, "miss": self.miss}[name]
+
+
+def _build_segment(
+    name: str, n_tokens: int, words: Iterator[str], tokenize: Tokenize, avoid_first: int | None
+) -> Segment:
+    """Take words from ``words`` until they make exactly ``n_tokens`` tokens.
+
+    Words are kept whole. When the next word would overshoot, single-token filler
+    words close the gap. ``avoid_first`` is a token the segment must not start with.
+    """
+    pieces: list[str] = []
+    count = 0
+    fillers = [f for f in _FILLERS if len(tokenize(" " + f)) == 1]
+    for word in words:
+        if count == n_tokens:
+            break
+        piece = " " + word
+        width = len(tokenize(piece))
+        if not pieces and avoid_first is not None and tokenize(piece)[0] == avoid_first:
+            continue
+        if count + width <= n_tokens:
+            pieces.append(piece)
+            count += width
+        elif fillers:
+            # Too wide: close the remaining gap with one-token words.
+            while count < n_tokens:
+                pieces.append(" " + fillers[count % len(fillers)])
+                count += 1
+    if count != n_tokens:
+        raise PromptError(
+            f"the text is too short for {name}: it gave {count} of the {n_tokens} tokens needed"
+        )
+    text = "".join(pieces)
+    tokens = tokenize(text)
+    if len(tokens) != n_tokens:
+        raise PromptError(
+            f"{name}: {n_tokens} tokens were assembled word by word, but the tokenizer reads "
+            f"the joined text as {len(tokens)} tokens; this tokenizer merges across words"
+        )
+    return Segment(text=text, tokens=tuple(tokens))
+
+
+def build_prompts(
+    tokenize: Tokenize,
+    size_a: int,
+    size_b: int,
+    size_q: int,
+    *,
+    source_text: str | None = None,
+    avoid_q_first: int | None = None,
+) -> PromptSet:
+    """Build A, B and Q of exactly ``size_a``, ``size_b`` and ``size_q`` tokens.
+
+    ``tokenize`` must not add a BOS token. With ``source_text`` the words come from a
+    user's text, consumed in order (A, then B, then Q); otherwise from the project's
+    deterministic prose. ``avoid_q_first`` keeps Q from starting with the token the
+    model would generate after ``[A, B]``, which would let a hit reuse one token of Q.
+    """
+    if source_text is not None:
+        stream = textgen.words_from_text(source_text)
+        streams = (stream, stream, stream)
+    else:
+        streams = (
+            textgen.words(_SEED_A),
+            textgen.words(_SEED_B),
+            textgen.words(_SEED_Q, question=True),
+        )
+    a = _build_segment("context A", size_a, streams[0], tokenize, None)
+    b = _build_segment("context B", size_b, streams[1], tokenize, a.tokens[0])
+    q = _build_segment("query Q", size_q, streams[2], tokenize, avoid_q_first)
+    prompts = PromptSet(a=a, b=b, q=q)
+    check_prompts(prompts, tokenize)
+    return prompts
+
+
+def check_prompts(prompts: PromptSet, tokenize: Tokenize) -> None:
+    """Check the properties the experiment relies on; raise PromptError if one fails."""
+    for name in ("warmup", "hit", "miss"):
+        if tokenize(prompts.text(name)) != prompts.tokens(name):
+            raise PromptError(f"the {name} prompt's text does not tokenize back to its tokens")
+    warm = prompts.warmup
+    if prompts.hit[: len(warm)] != warm:
+        raise PromptError("the hit prompt does not start with the warm-up prompt")
+    if prompts.miss[0] == warm[0]:
+        raise PromptError("the miss prompt shares its first token with the warm-up prompt")
+
+
+def read_source_text(path: str | Path) -> str:
+    """Read a user's text file for the prompts, with errors that name the problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise PromptError(f"prompt text file {p} does not exist")
+    try:
+        content = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptError(f"prompt text file {p} cannot be read: {exc}") from exc
+    if not content.strip():
+        raise PromptError(f"prompt text file {p} is empty")
+    return content
