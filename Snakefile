@@ -16,6 +16,7 @@ include: "workflow/rules/summary.smk"
 
 
 rule all:
+    default_target: True
     input:
         results_csvs(),
         prompts_csvs(),
@@ -23,4 +24,3 @@ rule all:
         "results/summary.md",
         "plots/experiment1_all_configs_phase3b.png",
         "plots/ttft_vs_tokens_recomputed.png",
-    default_target: True

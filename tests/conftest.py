@@ -30,8 +30,14 @@ def llm(model_path: Path):
     """One loaded model for the tests that need llama.cpp itself (loading takes a second)."""
     import llama_cpp
 
-    model = llama_cpp.Llama(model_path=str(model_path), n_ctx=512, n_threads=os.cpu_count() or 1,
-                            n_gpu_layers=0, seed=42, verbose=False)
+    model = llama_cpp.Llama(
+        model_path=str(model_path),
+        n_ctx=512,
+        n_threads=os.cpu_count() or 1,
+        n_gpu_layers=0,
+        seed=42,
+        verbose=False,
+    )
     yield model
     model.close()
 

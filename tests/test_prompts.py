@@ -7,8 +7,10 @@ import pytest
 from kvcache_exp.prompts import PromptError, build_prompts, check_prompts, read_source_text
 
 
-@pytest.mark.parametrize(("a", "b", "q"), [(512, 256, 16), (384, 384, 16), (256, 512, 16),
-                                           (64, 32, 1), (1, 1, 1), (37, 91, 5)])
+@pytest.mark.parametrize(
+    ("a", "b", "q"),
+    [(512, 256, 16), (384, 384, 16), (256, 512, 16), (64, 32, 1), (1, 1, 1), (37, 91, 5)],
+)
 def test_exact_token_counts_and_prefix_identity(tokenize, a, b, q):
     p = build_prompts(tokenize, a, b, q)
     assert (len(p.a.tokens), len(p.b.tokens), len(p.q.tokens)) == (a, b, q)

@@ -23,8 +23,19 @@ from kvcache_exp import models, settings
 log = logging.getLogger("kvcache_exp")
 
 #: Flags that override a setting of the same name.
-_OVERRIDES = ("trials", "query_tokens", "n_ctx", "max_tokens", "warmup_tokens", "settle_ms",
-              "n_gpu_layers", "n_threads", "n_batch", "seed", "prompt_text_file")
+_OVERRIDES = (
+    "trials",
+    "query_tokens",
+    "n_ctx",
+    "max_tokens",
+    "warmup_tokens",
+    "settle_ms",
+    "n_gpu_layers",
+    "n_threads",
+    "n_batch",
+    "seed",
+    "prompt_text_file",
+)
 
 
 def _load_config(path: Path) -> dict[str, Any]:
@@ -34,29 +45,20 @@ def _load_config(path: Path) -> dict[str, Any]:
         return yaml.safe_load(fh) or {}
 
 
-def resolve_model(config: dict[str, Any]) -> tuple[Path, str, dict[str, Any] | None]:
-    """(path, readable name, catalog entry or None) of ``config['model']``."""
-    name = config.get("model") or "smollm2-135m-instruct-q4_1"
-    catalog = config.get("models") or {}
-    if name in catalog:
-        entry = catalog[name]
-        return Path(config.get("models_dir", "models")) / entry["file"], name, entry
-    path = Path(name)
-    if path.suffix != ".gguf" and "/" not in name:
-        known = ", ".join(sorted(catalog)) or "(none: no config.yaml found)"
-        raise settings.SettingsError(f"model: unknown model name {name!r}; known: {known}")
-    if not path.is_file():
-        raise settings.SettingsError(f"model: the model file {path} does not exist")
-    return path, path.stem, None
-
-
 def experiment_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvcache-exp", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="kvcache-exp",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--size-a", type=int, required=True, help="tokens of context A (removed)")
     p.add_argument("--size-b", type=int, required=True, help="tokens of context B (kept)")
-    p.add_argument("--config", type=Path, default=Path("config.yaml"),
-                   help="configuration file (default: config.yaml, when present)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.yaml"),
+        help="configuration file (default: config.yaml, when present)",
+    )
     p.add_argument("--model", help="a catalog name or a path to a .gguf file")
     for name in _OVERRIDES:
         kind = str if name == "prompt_text_file" else int
@@ -80,22 +82,30 @@ def main(argv: list[str] | None = None) -> int:
     config.update({k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None})
     experiment = {"size_a": args.size_a, "size_b": args.size_b}
     try:
-        path, name, entry = resolve_model(config)
+        path, name, entry = models.resolve(config)
         context = models.model_context_length(path) if path.is_file() else None
-        problems = settings.check_experiments({**config, "experiments": [experiment]},
-                                              context, model_name=name)
+        problems = settings.check_experiments(
+            {**config, "experiments": [experiment]}, context, model_name=name
+        )
         if problems:
             raise settings.SettingsError("; ".join(problems))
         if entry is not None:
-            models.ensure_model(entry, path, pip_index_url=config.get("pip_index_url"),
-                                hf_base_url=config.get("hf_base_url", "https://huggingface.co"))
+            models.ensure_model(
+                entry,
+                path,
+                pip_index_url=config.get("pip_index_url"),
+                hf_base_url=config.get("hf_base_url", "https://huggingface.co"),
+            )
         else:
             models.check_gguf(path)
         exp = settings.merge(config, experiment, n_threads=os.cpu_count() or 1)
-        run_experiment(path, exp, args.results_dir / f"results_phase3b_{exp.label}.csv",
-                       args.prompts_dir / f"prompts_phase3b_{exp.label}.csv")
-    except (settings.SettingsError, models.ModelError, ValueError, OSError,
-            RuntimeError) as exc:
+        run_experiment(
+            path,
+            exp,
+            args.results_dir / f"results_phase3b_{exp.label}.csv",
+            args.prompts_dir / f"prompts_phase3b_{exp.label}.csv",
+        )
+    except (settings.SettingsError, models.ModelError, ValueError, OSError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2
     return 0
@@ -117,8 +127,9 @@ def plot_main(argv: list[str] | None = None) -> int:
     if not paths:
         log.error("no results_phase3b_a*_b*.csv files in %s", args.results_dir)
         return 2
-    write_summary(paths, args.results_dir / "summary.csv", args.results_dir / "summary.md",
-                  args.model_name)
+    write_summary(
+        paths, args.results_dir / "summary.csv", args.results_dir / "summary.md", args.model_name
+    )
     df = load_results(paths)
     plot_all_configs(df, args.plots_dir / "experiment1_all_configs_phase3b.png", args.model_name)
     plot_ttft_vs_tokens(df, args.plots_dir / "ttft_vs_tokens_recomputed.png", args.model_name)

@@ -67,8 +67,7 @@ def make_prompts(llm: llama_cpp.Llama, settings: ExperimentSettings) -> PromptSe
     sizes = (settings.size_a, settings.size_b, settings.query_tokens)
     draft = build_prompts(tokenize, *sizes, source_text=source)
     protocol.clear_kv_cache(llm)
-    probe = llm.create_completion(draft.warmup, max_tokens=1, seed=settings.seed,
-                                  **protocol.GREEDY)
+    probe = llm.create_completion(draft.warmup, max_tokens=1, seed=settings.seed, **protocol.GREEDY)
     next_text = probe["choices"][0]["text"]
     next_tokens = tokenize(next_text) if next_text else []
     protocol.clear_kv_cache(llm)
@@ -78,21 +77,42 @@ def make_prompts(llm: llama_cpp.Llama, settings: ExperimentSettings) -> PromptSe
     return draft
 
 
-def _check_cache(condition: str, trial: protocol.TrialMeasurement, expected: int,
-                 warmup_expected: int) -> str:
+def evaluated_by_generation(prompt_tokens: int, call: protocol.CallMeasurement) -> int:
+    """Tokens a generation from an empty cache must evaluate: the prompt, then each
+    generated token before the next is sampled (all of them when EOS ended it, all but
+    the last when max_tokens did)."""
+    generated = call.completion_tokens - (1 if call.finish_reason == "length" else 0)
+    return prompt_tokens + max(generated, 0)
+
+
+def _check_cache(
+    condition: str, trial: protocol.TrialMeasurement, expected: int, warmup_prompt: int
+) -> str:
     """Why a trial's evaluation counts contradict the design, or '' when they agree."""
     notes = []
+    warmup_expected = evaluated_by_generation(warmup_prompt, trial.warmup)
     if trial.warmup.eval_tokens != warmup_expected:
-        notes.append(f"warm-up evaluated {trial.warmup.eval_tokens} tokens, expected "
-                     f"{warmup_expected}: the cache was not empty")
+        notes.append(
+            f"warm-up evaluated {trial.warmup.eval_tokens} tokens, expected "
+            f"{warmup_expected}: the cache was not empty"
+        )
     if trial.ttft.eval_tokens != expected:
-        notes.append(f"TTFT call of a {condition} evaluated {trial.ttft.eval_tokens} tokens, "
-                     f"expected {expected}")
+        notes.append(
+            f"TTFT call of a {condition} evaluated {trial.ttft.eval_tokens} tokens, "
+            f"expected {expected}"
+        )
     return "; ".join(notes)
 
 
-def _row(trial_no: int, condition: str, t: protocol.TrialMeasurement, prompt_tokens: int,
-         settings: ExperimentSettings, expected: int, note: str) -> dict[str, Any]:
+def _row(
+    trial_no: int,
+    condition: str,
+    t: protocol.TrialMeasurement,
+    prompt_tokens: int,
+    settings: ExperimentSettings,
+    expected: int,
+    note: str,
+) -> dict[str, Any]:
     gen = t.generation
     seconds = gen.wall_ms / 1000.0
     return {
@@ -120,50 +140,68 @@ def _row(trial_no: int, condition: str, t: protocol.TrialMeasurement, prompt_tok
         "gen_decode_tokens": gen.decode_tokens,
         "gen_decode_ms": gen.decode_ms,
         "gen_overhead_ms": gen.overhead_ms,
-        "decode_tok_s": (gen.decode_tokens / gen.decode_ms * 1000.0
-                         if gen.decode_ms > 0 else math.nan),
+        "decode_tok_s": (
+            gen.decode_tokens / gen.decode_ms * 1000.0 if gen.decode_ms > 0 else math.nan
+        ),
         "cache_verified": note == "",
         "cache_note": note,
     }
 
 
-def run_trials(llm: llama_cpp.Llama, prompts: PromptSet, settings: ExperimentSettings
-               ) -> ExperimentResult:
+def run_trials(
+    llm: llama_cpp.Llama, prompts: PromptSet, settings: ExperimentSettings
+) -> ExperimentResult:
     """Run ``trials`` trials per condition, conditions back to back, as the seed does."""
     expected = {"hit": len(prompts.q.tokens), "miss": len(prompts.miss)}
-    # Warming [A, B] evaluates all of it, then one decode per generated token but the last.
-    warmup_expected = len(prompts.warmup) + settings.warmup_tokens - 1
     rows: list[dict[str, Any]] = []
     samples: dict[str, str] = {}
     for trial_no in range(1, settings.trials + 1):
         for condition in CONDITIONS:
             prompt = prompts.tokens(condition)
             measured = protocol.run_trial(
-                llm, prompts.warmup, prompt,
-                warmup_tokens=settings.warmup_tokens, max_tokens=settings.max_tokens,
-                settle_s=settings.settle_ms / 1000.0, seed=settings.seed,
+                llm,
+                prompts.warmup,
+                prompt,
+                warmup_tokens=settings.warmup_tokens,
+                max_tokens=settings.max_tokens,
+                settle_s=settings.settle_ms / 1000.0,
+                seed=settings.seed,
             )
-            note = _check_cache(condition, measured, expected[condition], warmup_expected)
-            rows.append(_row(trial_no, condition, measured, len(prompt), settings,
-                             expected[condition], note))
+            note = _check_cache(condition, measured, expected[condition], len(prompts.warmup))
+            rows.append(
+                _row(
+                    trial_no, condition, measured, len(prompt), settings, expected[condition], note
+                )
+            )
             if trial_no == 1:
                 samples.setdefault("warmup", measured.warmup.text)
                 samples[condition] = measured.generation.text
             gen = measured.generation
             log.info(
                 "trial %d %-4s ttft=%.1f ms total=%.1f ms completion_tokens=%d "
-                "finish_reason=%s ttft_eval_tokens=%d%s", trial_no, condition,
-                measured.ttft.wall_ms, gen.wall_ms, gen.completion_tokens, gen.finish_reason,
-                measured.ttft.eval_tokens, f" UNVERIFIED: {note}" if note else "",
+                "finish_reason=%s ttft_eval_tokens=%d%s",
+                trial_no,
+                condition,
+                measured.ttft.wall_ms,
+                gen.wall_ms,
+                gen.completion_tokens,
+                gen.finish_reason,
+                measured.ttft.eval_tokens,
+                f" UNVERIFIED: {note}" if note else "",
             )
     results = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     prompt_rows = [
-        {"prompt_name": name, "token_count": len(prompts.tokens(name)),
-         "prompt_text": prompts.text(name), "sample_output": samples.get(name, "")}
+        {
+            "prompt_name": name,
+            "token_count": len(prompts.tokens(name)),
+            "prompt_text": prompts.text(name),
+            "sample_output": samples.get(name, ""),
+        }
         for name in PROMPT_NAMES
     ]
-    return ExperimentResult(results=results, prompts=pd.DataFrame(prompt_rows,
-                                                                  columns=list(PROMPT_COLUMNS)))
+    return ExperimentResult(
+        results=results, prompts=pd.DataFrame(prompt_rows, columns=list(PROMPT_COLUMNS))
+    )
 
 
 def warn_early_stops(results: pd.DataFrame, max_tokens: int) -> int:
@@ -172,15 +210,21 @@ def warn_early_stops(results: pd.DataFrame, max_tokens: int) -> int:
     if len(early):
         log.warning(
             "%d of %d trials stopped early at EOS (completion_tokens < max_tokens=%d): %s",
-            len(early), len(results), max_tokens,
-            ", ".join(f"{r.condition} trial {r.trial}: {r.completion_tokens} tokens, "
-                      f"finish_reason={r.finish_reason}" for r in early.itertuples()),
+            len(early),
+            len(results),
+            max_tokens,
+            ", ".join(
+                f"{r.condition} trial {r.trial}: {r.completion_tokens} tokens, "
+                f"finish_reason={r.finish_reason}"
+                for r in early.itertuples()
+            ),
         )
     return len(early)
 
 
-def run_experiment(model_path: Path, settings: ExperimentSettings, results_csv: Path,
-                   prompts_csv: Path) -> ExperimentResult:
+def run_experiment(
+    model_path: Path, settings: ExperimentSettings, results_csv: Path, prompts_csv: Path
+) -> ExperimentResult:
     """Run one configuration end to end and write its two CSVs.
 
     When some trials fail the cache check and ``require_cache_verified`` is set, the
@@ -192,8 +236,12 @@ def run_experiment(model_path: Path, settings: ExperimentSettings, results_csv: 
     llm = load_model(model_path, settings)
     try:
         prompts = make_prompts(llm, settings)
-        log.info("prompts: warmup=%d hit=%d miss=%d tokens", len(prompts.warmup),
-                 len(prompts.hit), len(prompts.miss))
+        log.info(
+            "prompts: warmup=%d hit=%d miss=%d tokens",
+            len(prompts.warmup),
+            len(prompts.hit),
+            len(prompts.miss),
+        )
         result = run_trials(llm, prompts, settings)
     finally:
         llm.close()
@@ -210,8 +258,11 @@ def run_experiment(model_path: Path, settings: ExperimentSettings, results_csv: 
             "require_cache_verified: false to accept them with a warning."
         )
     if len(bad):
-        log.warning("%d trials are not cache-verified (kept, as require_cache_verified is "
-                    "false): %s", len(bad), bad.iloc[0]["cache_note"])
+        log.warning(
+            "%d trials are not cache-verified (kept, as require_cache_verified is false): %s",
+            len(bad),
+            bad.iloc[0]["cache_note"],
+        )
     write_csv(result.results, results_csv)
     write_csv(result.prompts, prompts_csv)
     log.info("wrote %s and %s", results_csv, prompts_csv)

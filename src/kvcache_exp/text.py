@@ -11,29 +11,87 @@ import random
 from collections.abc import Iterator
 
 _SUBJECTS = (
-    "the engineer", "a gardener", "the old captain", "my neighbour", "the young doctor",
-    "a quiet student", "the baker", "our teacher", "the river guide", "a travelling musician",
-    "the librarian", "a farmer from the valley", "the night nurse", "the mayor", "a painter",
+    "the engineer",
+    "a gardener",
+    "the old captain",
+    "my neighbour",
+    "the young doctor",
+    "a quiet student",
+    "the baker",
+    "our teacher",
+    "the river guide",
+    "a travelling musician",
+    "the librarian",
+    "a farmer from the valley",
+    "the night nurse",
+    "the mayor",
+    "a painter",
 )
 _VERBS = (
-    "carried", "described", "repaired", "planted", "noticed", "collected", "painted",
-    "measured", "followed", "remembered", "explained", "visited", "cleaned", "ordered",
-    "borrowed", "finished", "opened", "studied", "counted", "built",
+    "carried",
+    "described",
+    "repaired",
+    "planted",
+    "noticed",
+    "collected",
+    "painted",
+    "measured",
+    "followed",
+    "remembered",
+    "explained",
+    "visited",
+    "cleaned",
+    "ordered",
+    "borrowed",
+    "finished",
+    "opened",
+    "studied",
+    "counted",
+    "built",
 )
 _OBJECTS = (
-    "a wooden table", "the broken clock", "three small boxes", "the long letter",
-    "a basket of apples", "the map of the harbour", "an old bicycle", "the garden wall",
-    "a pair of boots", "the kitchen window", "a heavy suitcase", "the village bridge",
-    "a bundle of papers", "the green door", "a bottle of ink", "the empty barn",
+    "a wooden table",
+    "the broken clock",
+    "three small boxes",
+    "the long letter",
+    "a basket of apples",
+    "the map of the harbour",
+    "an old bicycle",
+    "the garden wall",
+    "a pair of boots",
+    "the kitchen window",
+    "a heavy suitcase",
+    "the village bridge",
+    "a bundle of papers",
+    "the green door",
+    "a bottle of ink",
+    "the empty barn",
 )
 _PLACES = (
-    "before breakfast", "near the station", "after the storm", "in the morning",
-    "on a cold evening", "behind the school", "during the market", "by the lake",
-    "at the end of the street", "under the grey sky", "beside the church", "in the spring",
+    "before breakfast",
+    "near the station",
+    "after the storm",
+    "in the morning",
+    "on a cold evening",
+    "behind the school",
+    "during the market",
+    "by the lake",
+    "at the end of the street",
+    "under the grey sky",
+    "beside the church",
+    "in the spring",
 )
 _CONNECTIVES = (
-    "Later", "Meanwhile", "After that", "The next day", "Soon", "Without a word",
-    "Once again", "In the end", "At first", "Still",
+    "Later",
+    "Meanwhile",
+    "After that",
+    "The next day",
+    "Soon",
+    "Without a word",
+    "Once again",
+    "In the end",
+    "At first",
+    "Still",
 )
 _QUESTIONS = (
     "What did the engineer repair before breakfast",
@@ -62,10 +120,7 @@ def words(seed: int, *, question: bool = False) -> Iterator[str]:
     rng = random.Random(seed)
     first = True
     while True:
-        if question:
-            text = f"{rng.choice(_QUESTIONS)}? "
-        else:
-            text = _sentence(rng, first)
+        text = f"{rng.choice(_QUESTIONS)}? " if question else _sentence(rng, first)
         first = False
         yield from text.split()
 

@@ -10,7 +10,6 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from kvcache_exp import models as kv_models  # noqa: E402
 from kvcache_exp import settings as kv_settings  # noqa: E402
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 
@@ -22,48 +21,42 @@ def _fail(problems):
     )
 
 
-def model_entry():
-    """The catalog entry of the configured model, or None when `model` is a path."""
-    return config["models"].get(config["model"])
+def _resolve_model():
+    try:
+        return kv_models.resolve(config)
+    except kv_models.ModelError as exc:
+        _fail([str(exc)])
+
+
+MODEL_PATH, MODEL_NAME, MODEL_ENTRY = _resolve_model()
 
 
 def model_path():
     """Where the model file is: in models_dir for catalog models, else the given path."""
-    entry = model_entry()
-    if entry is not None:
-        return str(Path(config["models_dir"]) / entry["file"])
-    return config["model"]
+    return str(MODEL_PATH)
 
 
 def model_name():
     """A readable model name for titles and reports."""
-    entry = model_entry()
-    return config["model"] if entry is not None else Path(config["model"]).stem
+    return MODEL_NAME
 
 
 def _check_model():
-    """Resolve `model` and check a model file already in place; return its context length."""
-    entry = model_entry()
-    if entry is None:
-        path = Path(config["model"])
-        looks_like_path = path.suffix == ".gguf" or "/" in config["model"]
-        if not looks_like_path:
-            known = ", ".join(sorted(config["models"])) or "(none)"
-            _fail([f"model: unknown model name {config['model']!r}; known: {known}"])
-        if not path.is_file():
-            _fail([f"model: the model file {path} does not exist"])
-    path = Path(model_path())
-    if entry is not None:
-        aside = kv_models.set_aside_if_corrupt(path, entry.get("sha256"))
+    """Check a model file already in place; return the context it was trained for.
+
+    A catalog model that fails its checksum is moved aside so that it is fetched again.
+    """
+    if MODEL_ENTRY is not None:
+        aside = kv_models.set_aside_if_corrupt(MODEL_PATH, MODEL_ENTRY.get("sha256"))
         if aside is not None:
             logger.warning(
-                f"{path} does not match its pinned sha256: moved to {aside}; "
+                f"{MODEL_PATH} does not match its pinned sha256: moved to {aside}; "
                 "it will be fetched again"
             )
-    if not path.is_file():
-        return None
+    if not MODEL_PATH.is_file():
+        return (MODEL_ENTRY or {}).get("context_length")
     try:
-        return kv_models.model_context_length(path)
+        return kv_models.model_context_length(MODEL_PATH)
     except kv_models.ModelError as exc:
         _fail([f"model: {exc}"])
 
@@ -72,7 +65,10 @@ def _check_config():
     problems = kv_settings.check_experiments(
         config, _check_model(), model_name=model_name()
     )
-    if config.get("prompt_text_file") and not Path(config["prompt_text_file"]).is_file():
+    if (
+        config.get("prompt_text_file")
+        and not Path(config["prompt_text_file"]).is_file()
+    ):
         problems.append(
             f"prompt_text_file: {config['prompt_text_file']} does not exist"
         )
@@ -121,7 +117,9 @@ def model_entry_params(wildcards):
     for entry in config["models"].values():
         if entry["file"] == wildcards.model_file:
             return entry
-    raise WorkflowError(f"no model in the catalog has the file name {wildcards.model_file}")
+    raise WorkflowError(
+        f"no model in the catalog has the file name {wildcards.model_file}"
+    )
 
 
 def model_files_regex():

@@ -1,6 +1,6 @@
 rule run_experiment:
     input:
-        model=ancient(model_path()),
+        model=model_path(),
     output:
         results="results/results_phase3b_a{size_a}_b{size_b}.csv",
         prompts="prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
@@ -8,16 +8,16 @@ rule run_experiment:
         "logs/experiment/a{size_a}_b{size_b}.log",
     benchmark:
         "logs/benchmark/experiment_a{size_a}_b{size_b}.tsv"
-    params:
-        settings=experiment_settings,
-        model=model_name(),
     wildcard_constraints:
         size_a=r"\d+",
         size_b=r"\d+",
+    conda:
+        "../../envs/kvcache.yaml"
     threads: workflow.cores
     resources:
         gpu=1,
-    conda:
-        "../../envs/kvcache.yaml"
+    params:
+        settings=experiment_settings,
+        model=model_name(),
     script:
         "../scripts/run_experiment.py"

@@ -10,10 +10,10 @@ rule summarize:
         md="results/summary.md",
     log:
         "logs/summarize.log",
-    params:
-        model_name=model_name(),
     conda:
         "../../envs/kvcache.yaml"
+    params:
+        model_name=model_name(),
     script:
         "../scripts/summarize.py"
 
@@ -34,9 +34,9 @@ rule plot:
         ),
     log:
         "logs/plot.log",
-    params:
-        model_name=model_name(),
     conda:
         "../../envs/kvcache.yaml"
+    params:
+        model_name=model_name(),
     script:
         "../scripts/plot_results.py"

