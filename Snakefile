@@ -24,3 +24,4 @@ rule all:
         "results/summary.md",
         "plots/experiment1_all_configs_phase3b.png",
         "plots/ttft_vs_tokens_recomputed.png",
+        "results/run_metadata.json",

@@ -10,6 +10,7 @@ Every output check runs for both.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 

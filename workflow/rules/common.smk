@@ -126,3 +126,8 @@ def model_files_regex():
     """Only catalog files can be fetched; anything else in models_dir must already exist."""
     names = [re.escape(e["file"]) for e in config["models"].values()]
     return "|".join(names) if names else "(?!)"
+
+
+def run_config():
+    """The configuration as the run used it (defaults filled in, catalog left out)."""
+    return {k: v for k, v in config.items() if k != "models"}

@@ -40,3 +40,26 @@ rule plot:
         model_name=model_name(),
     script:
         "../scripts/plot_results.py"
+
+
+rule run_metadata:
+    input:
+        model=model_path(),
+    output:
+        json=report(
+            "results/run_metadata.json",
+            caption="../report/run_metadata.rst",
+            category="Run",
+        ),
+    log:
+        "logs/run_metadata.log",
+    conda:
+        "../../envs/kvcache.yaml"
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    params:
+        model_name=model_name(),
+        config=run_config(),
+    script:
+        "../scripts/run_metadata.py"
