@@ -133,6 +133,11 @@ def test_every_output_exists(run):
         "plots/ttft_vs_tokens_recomputed.png",
     ):
         assert (workdir / name).stat().st_size > 0, name
+    meta = json.loads((workdir / "results/run_metadata.json").read_text())
+    assert meta["model"]["sha256"] and meta["model"]["architecture"]
+    assert meta["software"]["llama_cpp_python"] == "0.3.36"
+    assert meta["hardware"]["n_threads"] == 2
+    assert meta["config"]["trials"] == TRIALS
     assert (workdir / "plots/experiment1_all_configs_phase3b.png").read_bytes()[
         :8
     ] == b"\x89PNG\r\n\x1a\n"

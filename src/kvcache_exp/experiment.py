@@ -18,6 +18,7 @@ import pandas as pd
 
 from kvcache_exp import protocol
 from kvcache_exp.columns import CONDITIONS, PROMPT_COLUMNS, PROMPT_NAMES, RESULT_COLUMNS
+from kvcache_exp.models import ModelError
 from kvcache_exp.outputs import write_csv
 from kvcache_exp.prompts import PromptSet, build_prompts, read_source_text
 from kvcache_exp.settings import ExperimentSettings, describe
@@ -40,6 +41,18 @@ def load_model(model_path: Path, settings: ExperimentSettings) -> llama_cpp.Llam
 
     ``verbose=False`` matters: verbose mode resets llama.cpp's counters behind our back.
     """
+    try:
+        return _llama(model_path, settings)
+    except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+        size = model_path.stat().st_size if model_path.exists() else 0
+        raise ModelError(
+            f"llama.cpp could not load {model_path} ({size} bytes): {exc}. The file may be "
+            "truncated or corrupt: delete it and fetch it again (catalog models are fetched "
+            "by the workflow), or check that it is a model llama.cpp supports"
+        ) from exc
+
+
+def _llama(model_path: Path, settings: ExperimentSettings) -> llama_cpp.Llama:
     return llama_cpp.Llama(
         model_path=str(model_path),
         n_ctx=settings.n_ctx,
@@ -231,7 +244,7 @@ def run_experiment(
     measurements are still written (beside the results, under ``unverified/``) so that
     nothing measured is lost, and then the run fails with the reason.
     """
-    log.info("experiment %s: %s", settings.label, describe(settings))
+    log.info("experiment %s started: %s", settings.label, describe(settings))
     log.info("loading %s", model_path)
     llm = load_model(model_path, settings)
     try:
@@ -265,5 +278,5 @@ def run_experiment(
         )
     write_csv(result.results, results_csv)
     write_csv(result.prompts, prompts_csv)
-    log.info("wrote %s and %s", results_csv, prompts_csv)
+    log.info("experiment %s finished: wrote %s and %s", settings.label, results_csv, prompts_csv)
     return result

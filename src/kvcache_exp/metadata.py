@@ -44,8 +44,12 @@ def gpu_names() -> list[str]:
     if not exe:
         return []
     try:
-        out = subprocess.run([exe, "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
@@ -61,8 +65,7 @@ def offloaded_layers(model_path: Path, n_gpu_layers: int) -> dict[str, Any]:
 
     llama_cpp.llama_log_set(_collect, ctypes.c_void_p(0))
     try:
-        llm = llama_cpp.Llama(str(model_path), n_gpu_layers=n_gpu_layers, n_ctx=256,
-                              verbose=True)
+        llm = llama_cpp.Llama(str(model_path), n_gpu_layers=n_gpu_layers, n_ctx=256, verbose=True)
         llm.close()
     finally:
         llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
@@ -74,8 +77,9 @@ def offloaded_layers(model_path: Path, n_gpu_layers: int) -> dict[str, Any]:
     }
 
 
-def collect(model_path: Path, model_name: str, config: dict[str, Any], n_threads: int
-            ) -> dict[str, Any]:
+def collect(
+    model_path: Path, model_name: str, config: dict[str, Any], n_threads: int
+) -> dict[str, Any]:
     """Everything worth knowing to compare this run with another."""
     meta = models.gguf_metadata(model_path)
     arch = meta.get("general.architecture")

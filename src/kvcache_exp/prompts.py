@@ -74,7 +74,12 @@ class PromptSet:
 
 
 def _build_segment(
-    name: str, n_tokens: int, words: Iterator[str], tokenize: Tokenize, avoid_first: int | None
+    name: str,
+    n_tokens: int,
+    words: Iterator[str],
+    tokenize: Tokenize,
+    avoid_first: int | None,
+    need_note: str = "",
 ) -> Segment:
     """Take words from ``words`` until they make exactly ``n_tokens`` tokens.
 
@@ -102,6 +107,7 @@ def _build_segment(
     if count != n_tokens:
         raise PromptError(
             f"the text is too short for {name}: it gave {count} of the {n_tokens} tokens needed"
+            f"{need_note}"
         )
     text = "".join(pieces)
     tokens = tokenize(text)
@@ -129,18 +135,23 @@ def build_prompts(
     deterministic prose. ``avoid_q_first`` keeps Q from starting with the token the
     model would generate after ``[A, B]``, which would let a hit reuse one token of Q.
     """
+    note = ""
     if source_text is not None:
         stream = textgen.words_from_text(source_text)
         streams = (stream, stream, stream)
+        note = (
+            f" (A, B and Q need {size_a + size_b + size_q} tokens in all, taken in order "
+            "from the prompt text file: give a longer text)"
+        )
     else:
         streams = (
             textgen.words(_SEED_A),
             textgen.words(_SEED_B),
             textgen.words(_SEED_Q, question=True),
         )
-    a = _build_segment("context A", size_a, streams[0], tokenize, None)
-    b = _build_segment("context B", size_b, streams[1], tokenize, a.tokens[0])
-    q = _build_segment("query Q", size_q, streams[2], tokenize, avoid_q_first)
+    a = _build_segment("context A", size_a, streams[0], tokenize, None, note)
+    b = _build_segment("context B", size_b, streams[1], tokenize, a.tokens[0], note)
+    q = _build_segment("query Q", size_q, streams[2], tokenize, avoid_q_first, note)
     prompts = PromptSet(a=a, b=b, q=q)
     check_prompts(prompts, tokenize)
     return prompts

@@ -145,8 +145,8 @@ def check_experiments(
     if not experiments:
         problems.append("experiments: the list is empty; give at least one {size_a, size_b}")
     seen: dict[tuple[int, int], int] = {}
-    for index, exp in enumerate(experiments, start=1):
-        where = f"experiment {index} (size_a={exp.get('size_a')}, size_b={exp.get('size_b')})"
+    for index, exp in enumerate(experiments):
+        where = f"experiments[{index}] (size_a={exp.get('size_a')}, size_b={exp.get('size_b')})"
         sizes_ok = True
         for key, minimum in (("size_a", 1), ("size_b", 1)):
             value = exp.get(key)
@@ -158,7 +158,7 @@ def check_experiments(
         key = (exp["size_a"], exp["size_b"])
         if key in seen:
             problems.append(
-                f"{where}: duplicate of experiment {seen[key]}; each (size_a, size_b) "
+                f"{where}: duplicate of experiments[{seen[key]}]; each (size_a, size_b) "
                 "may appear once, since both write the same CSV files"
             )
             continue
@@ -177,6 +177,73 @@ def check_experiments(
                 f"{where}: needs {need} tokens of context, more than {model_name} was trained "
                 f"for ({model_context} tokens, from its GGUF metadata)"
             )
+    return problems
+
+
+def _where(path: list[Any], config: dict[str, Any]) -> str:
+    """A readable location such as ``experiments[2] (size_a=-5, size_b=10).size_a``."""
+    out = ""
+    node: Any = config
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and "size_a" in node:
+                out += f" (size_a={node.get('size_a')}, size_b={node.get('size_b')})"
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "config"
+
+
+def _leaf_errors(error: Any) -> list[Any]:
+    """The errors that say what is wrong, inside a ``oneOf``/``anyOf`` failure.
+
+    For "a list or a sweep" the user meant the branch whose type matches what they
+    wrote; the errors of that branch are the useful ones.
+    """
+    if not error.context:
+        return [error]
+    branches: dict[Any, list[Any]] = {}
+    for sub in error.context:
+        branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+    matching = [
+        errs
+        for errs in branches.values()
+        if not any(e.validator == "type" and not e.relative_path for e in errs)
+    ]
+    if len(matching) != 1:
+        return [error]
+    return [leaf for sub in matching[0] for leaf in _leaf_errors(sub)]
+
+
+def schema_problems(config: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    """The configuration's schema violations, one short sentence each.
+
+    jsonschema's own messages print the whole schema; a user needs the key, the
+    experiment, and what is wrong. Unknown keys get a suggestion, since they are
+    usually typos (``trails`` for ``trials``).
+    """
+    import difflib
+
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema)
+    problems = []
+    leaves = [leaf for error in validator.iter_errors(config) for leaf in _leaf_errors(error)]
+    for detail in sorted(leaves, key=lambda e: [str(p) for p in e.absolute_path]):
+        where = _where(list(detail.absolute_path), config)
+        if detail.validator == "additionalProperties":
+            allowed = list(detail.schema.get("properties", {}))
+            extra = [k for k in detail.instance if k not in allowed]
+            for key in extra:
+                hint = difflib.get_close_matches(key, allowed, n=1)
+                suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+                problems.append(
+                    f"{where}: unknown key {key!r}{suggestion} (known: {', '.join(allowed)})"
+                )
+            continue
+        problems.append(f"{where}: {detail.message}")
     return problems
 
 

@@ -2,6 +2,7 @@ import re
 import sys
 from pathlib import Path
 
+import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -10,15 +11,26 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from kvcache_exp import models as kv_models  # noqa: E402
 from kvcache_exp import settings as kv_settings  # noqa: E402
 
-validate(config, schema="../schemas/config.schema.yaml")
-
-
 def _fail(problems):
     """Stop before any job runs, listing every problem found in the configuration."""
     raise WorkflowError(
-        "Invalid configuration (config.yaml or --config):\n"
+        "Invalid configuration (config.yaml, --configfile or --config):\n"
         + "\n".join(f"  - {p}" for p in problems)
     )
+
+
+def _validate_config():
+    """Short messages for schema violations first; then Snakemake's validate fills defaults."""
+    schema_path = Path(workflow.current_basedir) / "../schemas/config.schema.yaml"
+    with open(schema_path) as fh:
+        schema = yaml.safe_load(fh)
+    problems = kv_settings.schema_problems(config, schema)
+    if problems:
+        _fail(problems)
+    validate(config, schema="../schemas/config.schema.yaml")
+
+
+_validate_config()
 
 
 def _resolve_model():
