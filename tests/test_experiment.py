@@ -1,0 +1,118 @@
+"""One configuration through the package: cache verification and early stops."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from kvcache_exp import experiment
+from kvcache_exp.prompts import PromptSet, build_prompts
+from kvcache_exp.settings import merge
+
+
+class BrokenHit(PromptSet):
+    """A hit prompt whose prefix differs from the warm-up's by one token."""
+
+    def tokens(self, name: str) -> list[int]:
+        tokens = super().tokens(name)
+        if name == "hit":
+            tokens = list(tokens)
+            tokens[len(self.a.tokens) // 2] = self.b.tokens[0]
+        return tokens
+
+
+def _settings(**extra):
+    return merge(
+        {"trials": 2, "settle_ms": 0, "max_tokens": 4, **extra},
+        {"size_a": 24, "size_b": 12},
+        n_threads=2,
+    )
+
+
+def test_a_broken_hit_is_caught_as_unverified(llm, tokenize):
+    settings = _settings()
+    good = build_prompts(tokenize, 24, 12, settings.query_tokens)
+    broken = BrokenHit(a=good.a, b=good.b, q=good.q)
+    df = experiment.run_trials(llm, broken, settings).results
+    hit, miss = df[df.condition == "hit"], df[df.condition == "miss"]
+    assert not hit["cache_verified"].any()
+    assert (
+        hit["cache_note"]
+        .str.contains(
+            f"TTFT call of a hit evaluated {24 + 12 + settings.query_tokens - 12} tokens, "
+            f"expected {settings.query_tokens}"
+        )
+        .all()
+    )
+    assert miss["cache_verified"].all()
+    # The unbroken prompts verify.
+    assert experiment.run_trials(llm, good, settings).results["cache_verified"].all()
+
+
+@pytest.fixture()
+def broken_run(monkeypatch, model_path, tmp_path):
+    """run_experiment with the broken hit prompt swapped in."""
+    real = experiment.make_prompts
+
+    def make_broken(llm, settings):
+        p = real(llm, settings)
+        return BrokenHit(a=p.a, b=p.b, q=p.q)
+
+    monkeypatch.setattr(experiment, "make_prompts", make_broken)
+    results, prompts = tmp_path / "results" / "r.csv", tmp_path / "prompts" / "p.csv"
+    return results, prompts
+
+
+def test_unverified_rows_fail_the_run_but_keep_the_measurements(broken_run, model_path):
+    results, prompts = broken_run
+    with pytest.raises(experiment.CacheVerificationError, match="did not evaluate the tokens"):
+        experiment.run_experiment(model_path, _settings(), results, prompts)
+    assert not results.exists() and not prompts.exists()
+    kept = pd.read_csv(results.parent / "unverified" / results.name)
+    assert len(kept) == 4 and not kept["cache_verified"].all()
+
+
+def test_unverified_rows_can_be_accepted_with_a_warning(broken_run, model_path, caplog):
+    results, prompts = broken_run
+    settings = replace(_settings(), require_cache_verified=False)
+    with caplog.at_level(logging.WARNING):
+        experiment.run_experiment(model_path, settings, results, prompts)
+    assert "are not cache-verified" in caplog.text
+    assert (~pd.read_csv(results)["cache_verified"]).sum() == 2
+
+
+def test_early_stop_at_eos_is_logged(caplog):
+    df = pd.DataFrame(
+        {
+            "trial": [1, 1],
+            "condition": ["hit", "miss"],
+            "completion_tokens": [50, 7],
+            "finish_reason": ["length", "stop"],
+        }
+    )
+    with caplog.at_level(logging.WARNING):
+        assert experiment.warn_early_stops(df, 50) == 1
+    assert "1 of 2 trials stopped early at EOS" in caplog.text
+    assert "miss trial 1: 7 tokens, finish_reason=stop" in caplog.text
+
+
+def test_gpt2_eos_ends_generations_early_and_is_reported(tmp_path, caplog):
+    """The seed's EOS path, on a tiny GPT-2 whose end-of-text logit dominates."""
+    from gpt2_tiny import make_tiny_checkpoint
+
+    from kvcache_exp.gpt2 import convert_gpt2_to_gguf
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", n_positions=256, eos_dominant=True)
+    model = convert_gpt2_to_gguf(checkpoint, tmp_path / "eos.gguf")
+    settings = replace(_settings(max_tokens=10), n_ctx=256)
+    results, prompts = tmp_path / "r.csv", tmp_path / "p.csv"
+    with caplog.at_level(logging.WARNING):
+        experiment.run_experiment(model, settings, results, prompts)
+    df = pd.read_csv(results)
+    assert set(df["finish_reason"]) == {"stop"}
+    assert (df["completion_tokens"] < settings.max_tokens).all()
+    assert df["cache_verified"].all()  # the warm-up check allows for EOS
+    assert "4 of 4 trials stopped early at EOS" in caplog.text
