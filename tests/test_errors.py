@@ -68,9 +68,15 @@ CONFIG_CASES = {
         "needs 8566 tokens of context, more than SmolLM2-135M-Instruct.Q4_1 was trained for "
         "(8192 tokens, from its GGUF metadata)",
     ),
+    "longer than GPT-2's context, before it is downloaded": (
+        {"model": "gpt2", "experiments": [{"size_a": 700, "size_b": 300}]},
+        "needs 1066 tokens of context, more than gpt2 was trained for (1024 tokens, from the "
+        "model catalog)",
+    ),
     "unknown model name": (
         {"model": "gpt-17"},
-        "model: unknown model name 'gpt-17'; known: smollm2-135m-instruct-q4_1",
+        "model: unknown model name 'gpt-17'; known: distilgpt2, gpt2, gpt2-medium, "
+        "smollm2-135m-instruct-q4_1",
     ),
     "model path that does not exist": (
         {"model": "models/absent.gguf"},

@@ -129,7 +129,10 @@ def _is_int(value: Any) -> bool:
 
 
 def check_experiments(
-    config: dict[str, Any], model_context: int | None = None, model_name: str = "the model"
+    config: dict[str, Any],
+    model_context: int | None = None,
+    model_name: str = "the model",
+    context_source: str = "from its GGUF metadata",
 ) -> list[str]:
     """Semantic checks; returns one message per problem (empty when all is well).
 
@@ -175,7 +178,7 @@ def check_experiments(
         if model_context is not None and need > model_context:
             problems.append(
                 f"{where}: needs {need} tokens of context, more than {model_name} was trained "
-                f"for ({model_context} tokens, from its GGUF metadata)"
+                f"for ({model_context} tokens, {context_source})"
             )
     return problems
 

@@ -66,16 +66,17 @@ def _check_model():
                 "it will be fetched again"
             )
     if not MODEL_PATH.is_file():
-        return (MODEL_ENTRY or {}).get("context_length")
+        return (MODEL_ENTRY or {}).get("context_length"), "from the model catalog"
     try:
-        return kv_models.model_context_length(MODEL_PATH)
+        return kv_models.model_context_length(MODEL_PATH), "from its GGUF metadata"
     except kv_models.ModelError as exc:
         _fail([f"model: {exc}"])
 
 
 def _check_config():
+    context, source = _check_model()
     problems = kv_settings.check_experiments(
-        config, _check_model(), model_name=model_name()
+        config, context, model_name=model_name(), context_source=source
     )
     if (
         config.get("prompt_text_file")

@@ -1,0 +1,59 @@
+"""Settings: per-experiment overrides and sweeps."""
+
+from __future__ import annotations
+
+import pytest
+from workflow_copy import copy_workflow, job_counts, snakemake, write_config
+
+from kvcache_exp.settings import SettingsError, check_experiments, expand_experiments, merge
+
+
+def test_per_experiment_overrides_win_over_globals():
+    config = {"trials": 10, "settle_ms": 500, "n_ctx": 4096}
+    s = merge(config, {"size_a": 8, "size_b": 4, "trials": 3}, n_threads=2)
+    assert (s.trials, s.settle_ms, s.n_ctx, s.n_threads, s.label) == (3, 500, 4096, 2, "a8_b4")
+
+
+def test_sweep_over_b_at_fixed_a():
+    exps = expand_experiments(
+        {
+            "experiments": {
+                "sweep": {"size_a": 256, "size_b": {"start": 64, "stop": 256, "step": 64}}
+            }
+        }
+    )
+    assert exps == [{"size_a": 256, "size_b": b} for b in (64, 128, 192, 256)]
+
+
+def test_sweep_at_fixed_total():
+    exps = expand_experiments({"experiments": {"sweep": {"total": 768, "size_b": [256, 384, 512]}}})
+    assert exps == [
+        {"size_b": 256, "size_a": 512},
+        {"size_b": 384, "size_a": 384},
+        {"size_b": 512, "size_a": 256},
+    ]
+
+
+def test_sweep_needs_both_axes():
+    with pytest.raises(SettingsError, match="give size_a and size_b"):
+        expand_experiments({"experiments": {"sweep": {"size_a": 8}}})
+    problems = check_experiments({"experiments": {"sweep": {"total": 8, "size_a": 2, "size_b": 6}}})
+    assert problems == ["experiments.sweep: with `total`, give exactly one of size_a and size_b"]
+
+
+def test_a_sweep_that_leaves_a_empty_is_rejected():
+    problems = check_experiments({"experiments": {"sweep": {"total": 64, "size_b": [32, 64]}}})
+    assert problems == [
+        "experiments[1] (size_a=0, size_b=64): size_a must be an integer >= 1, got 0"
+    ]
+
+
+def test_sweep_makes_one_job_per_point(tmp_path, model_path):
+    workdir = copy_workflow(tmp_path / "repo")
+    sweep = {"size_a": 64, "size_b": {"start": 32, "stop": 160, "step": 32}}
+    write_config(workdir, "sweep.yaml", {"model": str(model_path), "experiments": {"sweep": sweep}})
+    proc = snakemake(workdir, "-n", "--configfile", "sweep.yaml")
+    out = proc.stdout + proc.stderr
+    assert job_counts(out)["run_experiment"] == 5
+    for b in (32, 64, 96, 128, 160):
+        assert f"results/results_phase3b_a64_b{b}.csv" in out
