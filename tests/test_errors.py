@@ -26,15 +26,6 @@ def workdir(tmp_path_factory, model_path) -> Path:
     return copy_workflow(tmp_path_factory.mktemp("errors") / "repo")
 
 
-def _dry_run(workdir: Path, values: dict) -> subprocess.CompletedProcess:
-    write_config(workdir, "case.yaml", {"model": str(model_path_of()), **values})
-    return snakemake(workdir, "-n", "--configfile", "case.yaml", check=False)
-
-
-def model_path_of() -> Path:
-    return MODEL_FILE
-
-
 CONFIG_CASES = {
     "negative size": (
         {"experiments": [{"size_a": -5, "size_b": 10}]},
