@@ -252,3 +252,22 @@ def test_changing_one_experiment_reruns_only_that_one(run):
     snakemake(workdir, "--cores", "2", "--resources", "gpu=1", "--configfile", "changed.yaml")
     assert len(pd.read_csv(workdir / "results/results_phase3b_a32_b64.csv")) == 6
     assert kept.stat().st_mtime_ns == before
+
+
+# Only the embedded model has a pinned sha256 (a converted GPT-2 file is made here).
+@pytest.mark.parametrize("run", ["smollm2"], indirect=True)
+def test_corrupt_model_in_place_is_fetched_again(run):
+    workdir, config, _, _ = run
+    entry = next(iter(config["models"].values()))
+    model = workdir / "models" / entry["file"]
+    good = model.read_bytes()
+    model.write_bytes(good[: len(good) // 2])  # truncated in place
+    dry = snakemake(workdir, "-n", "--configfile", "small.yaml")
+    out = dry.stdout + dry.stderr
+    assert "does not match its pinned sha256" in out
+    assert job_counts(out).get("get_model") == 1
+    assert (workdir / "models" / (entry["file"] + ".corrupt")).is_file()
+    assert not model.exists()
+    # Put it back for the tests that follow.
+    (workdir / "models" / (entry["file"] + ".corrupt")).unlink()
+    model.write_bytes(good)

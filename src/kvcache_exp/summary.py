@@ -272,7 +272,8 @@ def _verdict_miss_linear(df: pd.DataFrame) -> Verdict:
     fit = stats.fit_miss_ttft_vs_recomputed(df)
     ok = fit.slope > 0 and fit.slope_ci_low > 0 and fit.r_squared >= MISS_LINEAR_MIN_R2
     reason = (
-        f"miss TTFT = {fit.slope:.4g} ms/token x tokens recomputed + {fit.intercept:.4g} ms, "
+        f"miss TTFT = {fit.slope:.4g} ms/token x tokens recomputed "
+        f"{'+' if fit.intercept >= 0 else '-'} {abs(fit.intercept):.4g} ms, "
         f"slope 95% CI {_ci(fit.slope_ci_low, fit.slope_ci_high, '.4g')}, "
         f"R² = {fit.r_squared:.3f} over {fit.n} trials at {points.size} token counts. "
         f"Threshold: supported when the slope's CI lies above 0 and R² >= "
@@ -303,6 +304,12 @@ def _verdict_decode(df: pd.DataFrame) -> Verdict:
         f"Threshold: supported when the whole CI lies within [{low:.2f}, {high:.2f}], "
         f"i.e. any effect is smaller than {(high - 1) * 100:.0f}%."
     )
+    if not ok and ratio.estimate > 1:
+        reason += (
+            " Note: a miss decodes with A's tokens gone from its context, so each decoded "
+            "token attends over fewer cached tokens; a faster miss reflects context length "
+            "rather than the cache state itself."
+        )
     evidence = {"ratio": ratio.estimate, "ratio_ci_low": ratio.low, "ratio_ci_high": ratio.high}
     return Verdict("decode_unaffected", claim, SUPPORTED if ok else NOT_SUPPORTED, reason, evidence)
 
