@@ -57,3 +57,12 @@ def test_sweep_makes_one_job_per_point(tmp_path, model_path):
     assert job_counts(out)["run_experiment"] == 5
     for b in (32, 64, 96, 128, 160):
         assert f"results/results_phase3b_a64_b{b}.csv" in out
+
+
+def test_prompt_text_file_is_an_input_of_every_experiment(tmp_path, model_path):
+    workdir = copy_workflow(tmp_path / "repo")
+    (workdir / "story.txt").write_text("Once upon a time there was a long story. " * 300)
+    write_config(workdir, "text.yaml", {"model": str(model_path), "prompt_text_file": "story.txt"})
+    proc = snakemake(workdir, "-n", "--configfile", "text.yaml")
+    out = proc.stdout + proc.stderr
+    assert out.count(f"input: {model_path}, story.txt") == 3

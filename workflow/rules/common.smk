@@ -106,6 +106,14 @@ def prompts_csvs():
     return expand("prompts/prompts_phase3b_{label}.csv", label=experiment_labels())
 
 
+def experiment_inputs(wildcards):
+    """The model, and the user's prompt text when there is one (editing it reruns)."""
+    inputs = {"model": model_path()}
+    if config.get("prompt_text_file"):
+        inputs["prompt_text"] = config["prompt_text_file"]
+    return inputs
+
+
 def experiment_settings(wildcards):
     """Every setting of one experiment, as the rule's params: a change reruns it alone.
 

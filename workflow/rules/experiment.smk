@@ -1,6 +1,6 @@
 rule run_experiment:
     input:
-        model=model_path(),
+        unpack(experiment_inputs),
     output:
         results="results/results_phase3b_a{size_a}_b{size_b}.csv",
         prompts="prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
