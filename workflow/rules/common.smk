@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from kvcache_exp import models as kv_models  # noqa: E402
 from kvcache_exp import settings as kv_settings  # noqa: E402
 
+
 def _fail(problems):
     """Stop before any job runs, listing every problem found in the configuration."""
     raise WorkflowError(
