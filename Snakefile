@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/experiment.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -24,4 +25,6 @@ rule all:
         "results/summary.md",
         "plots/experiment1_all_configs_phase3b.png",
         "plots/ttft_vs_tokens_recomputed.png",
+        "plots/throughput.png",
         "results/run_metadata.json",
+        report_pages(),

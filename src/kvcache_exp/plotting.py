@@ -177,6 +177,15 @@ def plot_all_configs(df: pd.DataFrame, out_png: str | os.PathLike[str], model_na
     _save(fig, out_png)
 
 
+def plot_throughput(df: pd.DataFrame, out_png: str | os.PathLike[str], model_name: str) -> None:
+    """Throughput alone (the main figure's lower panel), for the report's Throughput page."""
+    configs = configurations(df)
+    fig = Figure(figsize=(max(8.0, 1.3 * len(configs) + 5.0), 5.0), layout="constrained")
+    _draw_throughput(fig.subplots(), df, configs)
+    fig.suptitle(f"Throughput: {model_name}\n{_trials_note(df)}")
+    _save(fig, out_png)
+
+
 def _fit_label(fit: stats.LineFit) -> str:
     """The legend text of the miss line: equation and R²."""
     r2 = f"{fit.r_squared:.3f}" if np.isfinite(fit.r_squared) else "n/a"

@@ -107,6 +107,15 @@ def prompts_csvs():
     return expand("prompts/prompts_phase3b_{label}.csv", label=experiment_labels())
 
 
+def report_pages():
+    """The report's HTML pages: summary, run, and one page of prompts per configuration."""
+    return [
+        "results/report/summary.html",
+        "results/report/run.html",
+        *expand("results/report/prompts_{label}.html", label=experiment_labels()),
+    ]
+
+
 def experiment_inputs(wildcards):
     """The model, and the user's prompt text when there is one (editing it reruns)."""
     inputs = {"model": model_path()}

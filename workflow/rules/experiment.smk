@@ -2,7 +2,12 @@ rule run_experiment:
     input:
         unpack(experiment_inputs),
     output:
-        results="results/results_phase3b_a{size_a}_b{size_b}.csv",
+        results=report(
+            "results/results_phase3b_a{size_a}_b{size_b}.csv",
+            caption="../report/results_csv.rst",
+            category="Measurements",
+            labels={"configuration": "A={size_a}, B={size_b}"},
+        ),
         prompts="prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
     log:
         "logs/experiment/a{size_a}_b{size_b}.log",

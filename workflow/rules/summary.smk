@@ -6,6 +6,7 @@ rule summarize:
             "results/summary.csv",
             caption="../report/summary_csv.rst",
             category="Summary",
+            labels={"table": "per configuration (CSV)"},
         ),
         md="results/summary.md",
     log:
@@ -26,11 +27,19 @@ rule plot:
             "plots/experiment1_all_configs_phase3b.png",
             caption="../report/main_plot.rst",
             category="TTFT",
+            labels={"figure": "TTFT and throughput per configuration"},
         ),
         tokens=report(
             "plots/ttft_vs_tokens_recomputed.png",
             caption="../report/ttft_vs_tokens.rst",
             category="TTFT",
+            labels={"figure": "TTFT against tokens recomputed"},
+        ),
+        throughput=report(
+            "plots/throughput.png",
+            caption="../report/throughput.rst",
+            category="Throughput",
+            labels={"figure": "generation and decode throughput"},
         ),
     log:
         "logs/plot.log",
@@ -50,6 +59,7 @@ rule run_metadata:
             "results/run_metadata.json",
             caption="../report/run_metadata.rst",
             category="Run",
+            labels={"page": "metadata (JSON)"},
         ),
     log:
         "logs/run_metadata.log",

@@ -1,0 +1,57 @@
+rule report_summary:
+    input:
+        md="results/summary.md",
+    output:
+        html=report(
+            "results/report/summary.html",
+            caption="../report/summary_page.rst",
+            category="Summary",
+            labels={"table": "degradation, statistics and verdicts"},
+        ),
+    log:
+        "logs/report/summary.log",
+    conda:
+        "../../envs/kvcache.yaml"
+    script:
+        "../scripts/report_pages.py"
+
+
+rule report_prompts:
+    input:
+        csv="prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
+    output:
+        html=report(
+            "results/report/prompts_a{size_a}_b{size_b}.html",
+            caption="../report/prompts.rst",
+            category="Prompts",
+            labels={"configuration": "A={size_a}, B={size_b}"},
+        ),
+    log:
+        "logs/report/prompts_a{size_a}_b{size_b}.log",
+    wildcard_constraints:
+        size_a=r"\d+",
+        size_b=r"\d+",
+    conda:
+        "../../envs/kvcache.yaml"
+    params:
+        label="A={size_a}, B={size_b}",
+    script:
+        "../scripts/report_pages.py"
+
+
+rule report_run:
+    input:
+        json="results/run_metadata.json",
+    output:
+        html=report(
+            "results/report/run.html",
+            caption="../report/run_page.rst",
+            category="Run",
+            labels={"page": "model, software, hardware, configuration"},
+        ),
+    log:
+        "logs/report/run.log",
+    conda:
+        "../../envs/kvcache.yaml"
+    script:
+        "../scripts/report_pages.py"
