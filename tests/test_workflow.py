@@ -131,6 +131,10 @@ def test_every_output_exists(run):
         "results/summary.md",
         "plots/experiment1_all_configs_phase3b.png",
         "plots/ttft_vs_tokens_recomputed.png",
+        "plots/throughput.png",
+        "results/report/summary.html",
+        "results/report/run.html",
+        *(f"results/report/prompts_a{a}_b{b}.html" for a, b in SIZES),
     ):
         assert (workdir / name).stat().st_size > 0, name
     meta = json.loads((workdir / "results/run_metadata.json").read_text())
