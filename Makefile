@@ -24,7 +24,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	@if ls $(VENV)/.installed-* >/dev/null 2>&1; then \
+	@if [ ! -e $(STAMP) ] && ls $(VENV)/.installed-* >/dev/null 2>&1; then \
 	  echo "build flags changed to '$(CMAKE_ARGS)': rebuilding llama-cpp-python"; \
 	  $(BIN)/python -m pip install --no-cache-dir --force-reinstall --no-deps \
 	    "$$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)"; \

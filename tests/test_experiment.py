@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from dataclasses import replace
 
 import pandas as pd
@@ -116,3 +118,70 @@ def test_gpt2_eos_ends_generations_early_and_is_reported(tmp_path, caplog):
     assert (df["completion_tokens"] < settings.max_tokens).all()
     assert df["cache_verified"].all()  # the warm-up check allows for EOS
     assert "4 of 4 trials stopped early at EOS" in caplog.text
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kvcache_exp", *args], cwd=cwd, capture_output=True, text=True
+    )
+
+
+def test_command_line_runs_one_configuration_and_plots(tmp_path, model_path):
+    """The seed's `phase3b_experiment.py --size-a A --size-b B`, then `plot_results.py`."""
+    from conftest import REPO
+
+    proc = _cli(
+        "--size-a",
+        "24",
+        "--size-b",
+        "16",
+        "--model",
+        str(model_path),
+        "--trials",
+        "2",
+        "--settle-ms",
+        "0",
+        "--config",
+        str(REPO / "config.yaml"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        "--prompts-dir",
+        str(tmp_path / "prompts"),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = pd.read_csv(tmp_path / "results/results_phase3b_a24_b16.csv")
+    assert len(results) == 4 and results["cache_verified"].all()
+    prompts = pd.read_csv(tmp_path / "prompts/prompts_phase3b_a24_b16.csv")
+    assert list(prompts["token_count"]) == [40, 56, 32]
+    plot = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from kvcache_exp.cli import plot_main; raise SystemExit("
+            "plot_main(['--results-dir', 'results', '--plots-dir', 'plots']))",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert plot.returncode == 0, plot.stderr
+    assert (tmp_path / "results/summary.md").is_file()
+    assert (tmp_path / "plots/experiment1_all_configs_phase3b.png").is_file()
+
+
+def test_command_line_rejects_bad_settings_with_the_workflows_messages(tmp_path, model_path):
+    proc = _cli(
+        "--size-a",
+        "24",
+        "--size-b",
+        "16",
+        "--model",
+        str(model_path),
+        "--trials",
+        "0",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "trials: 0 is less than the minimum of 1" in proc.stderr
+    assert not (tmp_path / "results").exists()

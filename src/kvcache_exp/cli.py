@@ -38,6 +38,17 @@ _OVERRIDES = (
 )
 
 
+#: The workflow's schema; present when the package runs from its repository.
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _schema_problems(config: dict[str, Any]) -> list[str]:
+    """The same schema checks as the workflow, when the schema is at hand."""
+    if not SCHEMA.is_file():
+        return []
+    return settings.schema_problems(config, yaml.safe_load(SCHEMA.read_text()))
+
+
 def _load_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -84,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, name, entry = models.resolve(config)
         context = models.model_context_length(path) if path.is_file() else None
-        problems = settings.check_experiments(
-            {**config, "experiments": [experiment]}, context, model_name=name
+        checked = {**config, "experiments": [experiment]}
+        problems = _schema_problems(checked) or settings.check_experiments(
+            checked, context, model_name=name
         )
         if problems:
             raise settings.SettingsError("; ".join(problems))

@@ -29,7 +29,9 @@ td.text { white-space: pre-wrap; max-width: 52rem; font-family: ui-monospace, mo
           font-size: 0.8rem; }
 h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 1.6rem; }
 p.lead { max-width: 60rem; }
-.verdict { font-weight: 600; padding: 0 0.35rem; border-radius: 0.25rem; }
+.verdict { font-weight: 600; padding: 0 0.35rem; border-radius: 0.25rem; white-space: nowrap; }
+div.wide { overflow-x: auto; }
+td.value { overflow-wrap: anywhere; }
 .verdict.yes { background: #dcfce7; color: #166534; }
 .verdict.no { background: #fee2e2; color: #991b1b; }
 .seg { border-radius: 0.2rem; }
@@ -86,13 +88,13 @@ def markdown_to_html(markdown: str) -> str:
                 i += 1
             head, rows = _cells(block[0]), [_cells(r) for r in block[2:]]
             parts.append(
-                "<table><thead><tr>"
+                '<div class="wide"><table><thead><tr>'
                 + "".join(f"<th>{_inline(c)}</th>" for c in head)
                 + "</tr></thead><tbody>"
                 + "".join(
                     "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows
                 )
-                + "</tbody></table>"
+                + "</tbody></table></div>"
             )
         elif line.startswith("- "):
             items = []
@@ -259,7 +261,7 @@ def _experiments(value: Any) -> str:
 
 def _table(mapping: dict[str, Any]) -> str:
     rows = "".join(
-        f"<tr><th>{html.escape(_LABELS.get(k, k))}</th><td>{_value(k, v)}</td></tr>"
+        f'<tr><th>{html.escape(_LABELS.get(k, k))}</th><td class="value">{_value(k, v)}</td></tr>'
         for k, v in mapping.items()
     )
     return f"<table><tbody>{rows}</tbody></table>"

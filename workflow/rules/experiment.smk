@@ -8,7 +8,15 @@ rule run_experiment:
             category="Measurements",
             labels={"configuration": "A={size_a}, B={size_b}"},
         ),
-        prompts="prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
+        prompts=report(
+            "prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
+            caption="../report/prompts_csv.rst",
+            category="Prompts",
+            labels={
+                "configuration": "A={size_a}, B={size_b}",
+                "view": "CSV download (prompts_phase3b_a{size_a}_b{size_b}.csv)",
+            },
+        ),
     log:
         "logs/experiment/a{size_a}_b{size_b}.log",
     benchmark:

@@ -24,7 +24,10 @@ rule report_prompts:
             "results/report/prompts_a{size_a}_b{size_b}.html",
             caption="../report/prompts.rst",
             category="Prompts",
-            labels={"configuration": "A={size_a}, B={size_b}"},
+            labels={
+                "configuration": "A={size_a}, B={size_b}",
+                "view": "A, B and Q marked",
+            },
         ),
     log:
         "logs/report/prompts_a{size_a}_b{size_b}.log",
