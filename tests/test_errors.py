@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_copy import REPO, copy_workflow, job_counts, snakemake, write_config
+from workflow_copy import REPO, copy_workflow, job_counts, run_cli, snakemake, write_config
 
 from kvcache_exp import outputs
 
@@ -109,17 +109,11 @@ def test_model_that_is_not_gguf_is_rejected(workdir, tmp_path):
     assert f"model file {fake} is not a GGUF file" in proc.stdout + proc.stderr
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kvcache_exp", *args], cwd=REPO, capture_output=True, text=True
-    )
-
-
 def test_truncated_model_gives_a_clear_error_not_a_crash(tmp_path, model_path):
     truncated = tmp_path / "truncated.gguf"
     with open(model_path, "rb") as src:
         truncated.write_bytes(src.read(4_000_000))
-    proc = _cli(
+    proc = run_cli(
         "--size-a",
         "8",
         "--size-b",
@@ -140,7 +134,7 @@ def test_truncated_model_gives_a_clear_error_not_a_crash(tmp_path, model_path):
 def test_prompt_text_too_short_names_the_shortfall(tmp_path, model_path):
     text = tmp_path / "short.txt"
     text.write_text("A short story about a cat. " * 12)  # enough for A alone
-    proc = _cli(
+    proc = run_cli(
         "--size-a",
         "64",
         "--size-b",
@@ -167,7 +161,7 @@ def test_prompt_text_too_short_names_the_shortfall(tmp_path, model_path):
 def test_empty_prompt_text_file(tmp_path, model_path):
     text = tmp_path / "empty.txt"
     text.write_text("")
-    proc = _cli(
+    proc = run_cli(
         "--size-a",
         "8",
         "--size-b",

@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
+from workflow_copy import run_cli
 
 from kvcache_exp import experiment
 from kvcache_exp.prompts import PromptSet, build_prompts
@@ -120,17 +121,11 @@ def test_gpt2_eos_ends_generations_early_and_is_reported(tmp_path, caplog):
     assert "4 of 4 trials stopped early at EOS" in caplog.text
 
 
-def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "kvcache_exp", *args], cwd=cwd, capture_output=True, text=True
-    )
-
-
 def test_command_line_runs_one_configuration_and_plots(tmp_path, model_path):
     """The seed's `phase3b_experiment.py --size-a A --size-b B`, then `plot_results.py`."""
     from conftest import REPO
 
-    proc = _cli(
+    proc = run_cli(
         "--size-a",
         "24",
         "--size-b",
@@ -171,7 +166,7 @@ def test_command_line_runs_one_configuration_and_plots(tmp_path, model_path):
 
 
 def test_command_line_rejects_bad_settings_with_the_workflows_messages(tmp_path, model_path):
-    proc = _cli(
+    proc = run_cli(
         "--size-a",
         "24",
         "--size-b",

@@ -40,6 +40,12 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     return proc
 
 
+def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run the plain command line (``python -m kvcache_exp``) in ``cwd``."""
+    cmd = [sys.executable, "-m", "kvcache_exp", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+
+
 def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a snakemake (dry-)run, as {rule: count}."""
     counts: dict[str, int] = {}
