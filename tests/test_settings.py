@@ -66,3 +66,18 @@ def test_prompt_text_file_is_an_input_of_every_experiment(tmp_path, model_path):
     proc = snakemake(workdir, "-n", "--configfile", "text.yaml")
     out = proc.stdout + proc.stderr
     assert out.count(f"input: {model_path}, story.txt") == 3
+
+
+def test_defaults_agree_in_schema_config_and_package():
+    """The defaults live in three places (the schema fills Snakemake's, config.yaml is what a
+    user edits, DEFAULTS serves the command line); they must not drift apart."""
+    import yaml
+    from workflow_copy import REPO
+
+    from kvcache_exp.settings import DEFAULTS
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    for key, value in DEFAULTS.items():
+        assert schema["properties"][key]["default"] == value, key
+        assert config[key] == value, key
