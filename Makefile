@@ -36,7 +36,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/snakemake
 
-test: $(STAMP) browser
+# The tests also need Chromium (the report), SLURM (a throwaway cluster) and llama-server
+# (the server engine); each is skipped with its reason when it cannot be installed.
+test: $(STAMP) browser slurm server
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -59,3 +61,6 @@ browser:
 
 clean-venv:
 	rm -rf $(VENV)
+
+include mk/slurm.mk
+include mk/llama-server.mk

@@ -26,5 +26,6 @@ rule all:
         "plots/experiment1_all_configs_phase3b.png",
         "plots/ttft_vs_tokens_recomputed.png",
         "plots/throughput.png",
+        "plots/cures_cost_quality.png",
         "results/run_metadata.json",
         report_pages(),

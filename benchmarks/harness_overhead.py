@@ -1,76 +1,92 @@
-"""Benchmark: the harness's own overhead in the TTFT measurement.
+"""Benchmark: the harness's own time inside the timed TTFT call.
 
-``ttft_overhead_ms`` is the wall time of the timed 1-token call that llama.cpp did not
-spend evaluating tokens: llama-cpp-python's Python code, sampling and detokenizing.
-This prints its median for hit and miss, and as a share of the median TTFT.
+``ttft_overhead_ms`` is the wall time of the timed call that llama.cpp did not spend
+evaluating tokens: sampling the one token, and whatever Python and ctypes do inside
+the timed region. This measures it on the embedded model for the seed's three
+configurations, hit and miss, side by side in one run for
 
-    .venv/bin/python benchmarks/harness_overhead.py [RESULTS_DIR]
+* the protocol's call (``LlamaCppPython.first_token``: batches laid out before the
+  timer, then only cache removal, decode and one greedy sample inside it), and
+* the seed's call, llama-cpp-python's ``create_completion(max_tokens=1)``, which also
+  fills the batch token by token, detokenizes and builds a response inside the call,
 
-RESULTS_DIR defaults to benchmarks/out/default/results (made by run_default.py); with
-no results there, it runs the seed's three configurations with 5 trials and no settle
-directly through the package on the embedded model.
+and prints the medians, also as a share of the median TTFT.
+
+    .venv/bin/python benchmarks/harness_overhead.py [--trials N] [--threads T]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import sys
-import tempfile
+import time
 from pathlib import Path
 
-import pandas as pd
+import llama_cpp
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _measure(out: Path) -> list[Path]:
-    from kvcache_exp.experiment import run_experiment
-    from kvcache_exp.models import ensure_model
-    from kvcache_exp.settings import merge
+def _seed_call(engine, warmup: list[int], prompt: list[int]) -> tuple[float, float]:
+    """(wall ms, overhead ms) of create_completion(max_tokens=1) after warming."""
+    llm = engine.llm
+    engine.clear()
+    llm.create_completion(warmup, max_tokens=6, temperature=0.0, top_k=1)
+    llama_cpp.llama_synchronize(llm.ctx)
+    llama_cpp.llama_perf_context_reset(llm.ctx)
+    start = time.perf_counter()
+    llm.create_completion(prompt, max_tokens=1, temperature=0.0, top_k=1)
+    wall = (time.perf_counter() - start) * 1000.0
+    llama_cpp.llama_synchronize(llm.ctx)
+    data = llama_cpp.llama_perf_context(llm.ctx)
+    engine.clear()
+    return wall, wall - data.t_p_eval_ms - data.t_eval_ms
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+    from kvcache_exp.engines.llama_cpp_python import EngineSettings, LlamaCppPython
+    from kvcache_exp.measure import protocol
+    from kvcache_exp.measure.prompts import build_prompts
+    from kvcache_exp.models.catalog import ensure_model
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     entry = config["models"][config["model"]]
     model = ensure_model(entry, REPO / "models" / entry["file"])
-    paths = []
-    for exp in config["experiments"]:
-        settings = merge({**config, "trials": 5, "settle_ms": 0}, exp, os.cpu_count() or 1)
-        path = out / f"results_phase3b_{settings.label}.csv"
-        run_experiment(model, settings, path, out / f"prompts_{settings.label}.csv")
-        paths.append(path)
-    return paths
-
-
-def main() -> int:
-    results = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "benchmarks/out/default/results"
-    paths = sorted(results.glob("results_phase3b_a*_b*.csv"))
-    with tempfile.TemporaryDirectory() as tmp:
-        if not paths:
-            print(f"no results in {results}: measuring 3 configurations x 5 trials now")
-            paths = _measure(Path(tmp))
-        df = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
-    print(
-        f"\nHarness overhead inside the TTFT call ({len(paths)} configurations, {len(df)} trials)"
+    settings = EngineSettings(
+        n_ctx=2048, n_batch=512, n_threads=args.threads, n_gpu_layers=-1, seed=42
     )
-    rows = []
-    for (a, b, cond), g in df.groupby(["size_a", "size_b", "condition"], sort=False):
-        ttft, over = g["ttft_ms"].median(), g["ttft_overhead_ms"].median()
-        rows.append(
-            {
-                "config": f"{a}/{b}",
-                "condition": cond,
-                "median_ttft_ms": ttft,
-                "median_overhead_ms": over,
-                "share_pct": 100 * over / ttft,
-            }
-        )
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    for cond, g in df.groupby("condition"):
-        ttft, over = g["ttft_ms"].median(), g["ttft_overhead_ms"].median()
-        print(
-            f"{cond}: median overhead {over:.2f} ms = {100 * over / ttft:.2f}% of the "
-            f"median TTFT ({ttft:.1f} ms)"
-        )
+    engine = LlamaCppPython(model, settings)
+    print(f"{model.name}, {args.threads} threads, {args.trials} trials per cell\n")
+    print("| config | condition | call | median TTFT ms | median overhead ms | share |")
+    print("|---|---|---|---|---|---|")
+    try:
+        for exp in config["experiments"]:
+            p = build_prompts(engine.tokenize, exp["size_a"], exp["size_b"], 16)
+            for condition, prompt in (("hit", p.hit), ("miss", p.miss)):
+                ours, seeds = [], []
+                for _ in range(args.trials):
+                    engine.clear()
+                    protocol.timed(engine.generation(p.warmup, 6))
+                    m = protocol.timed(engine.first_token(prompt))
+                    ours.append((m.wall_ms, m.overhead_ms))
+                    seeds.append(_seed_call(engine, p.warmup, prompt))
+                for name, cells in (("protocol", ours), ("create_completion", seeds)):
+                    wall = statistics.median(c[0] for c in cells)
+                    over = statistics.median(c[1] for c in cells)
+                    print(
+                        f"| {exp['size_a']}/{exp['size_b']} | {condition} | {name} | "
+                        f"{wall:.1f} | {over:.3f} | {100 * over / wall:.2f}% |"
+                    )
+    finally:
+        engine.close()
     return 0
 
 

@@ -40,7 +40,7 @@ def main() -> int:
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, work / part)
     # The model, fetched once into the repository's models/ and given to the copy by path.
     sys.path.insert(0, str(REPO / "src"))
-    from kvcache_exp.models import ensure_model
+    from kvcache_exp.models.catalog import ensure_model
 
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     entry = config["models"][config["model"]]

@@ -19,32 +19,25 @@ def default_model_entry() -> dict:
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     """The embedded default model, fetched into the repository's models/ like `make run` does."""
-    from kvcache_exp.models import ensure_model
+    from kvcache_exp.models.catalog import ensure_model
 
     entry = default_model_entry()
     return ensure_model(entry, REPO / "models" / entry["file"])
 
 
 @pytest.fixture(scope="session")
-def llm(model_path: Path):
-    """One loaded model for the tests that need llama.cpp itself (loading takes a second)."""
-    import llama_cpp
+def engine(model_path: Path):
+    """The in-process engine on the embedded model, for the tests that need llama.cpp."""
+    from kvcache_exp.engines.llama_cpp_python import EngineSettings, LlamaCppPython
 
-    model = llama_cpp.Llama(
-        model_path=str(model_path),
-        n_ctx=512,
-        n_threads=os.cpu_count() or 1,
-        n_gpu_layers=0,
-        seed=42,
-        verbose=False,
+    settings = EngineSettings(
+        n_ctx=512, n_batch=512, n_threads=os.cpu_count() or 1, n_gpu_layers=0, seed=42
     )
-    yield model
-    model.close()
+    eng = LlamaCppPython(model_path, settings)
+    yield eng
+    eng.close()
 
 
 @pytest.fixture()
-def tokenize(llm):
-    def _tokenize(text: str) -> list[int]:
-        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-
-    return _tokenize
+def tokenize(engine):
+    return engine.tokenize

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from kvcache_exp.gpt2 import END_OF_TEXT, bytes_to_unicode
+from kvcache_exp.models.gpt2 import END_OF_TEXT, bytes_to_unicode
 
 #: Text the tiny tokenizer learns its merges from (fixed, so the vocabulary is too).
 CORPUS = (
@@ -183,6 +183,7 @@ def make_tiny_checkpoint(
     n_positions: int = 128,
     n_merges: int = 64,
     eos_dominant: bool = False,
+    dominant: str | None = None,
 ) -> Path:
     """Write config.json, model.safetensors, vocab.json, merges.txt for a tiny GPT-2.
 
@@ -192,7 +193,9 @@ def make_tiny_checkpoint(
     With ``eos_dominant`` the final layer norm maps every hidden state onto one vector that
     the end-of-text embedding row is aligned with, so greedy decoding emits EOS at once (the
     seed's early-stop path). That checkpoint also uses the other layout found on the hub
-    (``transformer.`` prefix and an explicit, tied ``lm_head.weight``).
+    (``transformer.`` prefix and an explicit, tied ``lm_head.weight``). ``dominant`` does
+    the same for another token of the vocabulary (its byte-level string), e.g. a lone UTF-8
+    lead byte, so that greedy decoding emits it again and again.
     """
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
@@ -232,11 +235,13 @@ def make_tiny_checkpoint(
     tensors["ln_f.weight"] = 1.0 + normal(0.1, n_embd)
     tensors["ln_f.bias"] = normal(0.1, n_embd)
 
-    if eos_dominant:
+    if eos_dominant or dominant is not None:
         direction = np.ones(n_embd, dtype=np.float32)
         tensors["ln_f.weight"] = np.zeros(n_embd, dtype=np.float32)
         tensors["ln_f.bias"] = direction
-        tensors["wte.weight"][eot] = direction  # logit n_embd for EOS, ~N(0, 4) for the rest
+        winner = eot if dominant is None else vocab[dominant]
+        tensors["wte.weight"][winner] = direction  # logit n_embd for it, ~N(0, 4) for the rest
+    if eos_dominant:
         tensors = {"transformer." + name: array for name, array in tensors.items()}
         tensors["lm_head.weight"] = tensors["transformer.wte.weight"].copy()
 

@@ -32,14 +32,26 @@ def linear_miss(a: int, b: int, q: int) -> float:
 
 
 def _trial_rows(
-    a: int, b: int, q: int, condition: str, ttft: float, decode: float, trials: int, rng
+    a: int,
+    b: int,
+    q: int,
+    condition: str,
+    ttft: float,
+    decode: float,
+    trials: int,
+    rng,
+    noise_cv: float = 0.01,
 ) -> list[dict]:
-    """``trials`` rows of one configuration and condition, with 1% multiplicative noise."""
+    """``trials`` rows of one configuration and condition, with multiplicative noise.
+
+    The noise is normal with standard deviation ``noise_cv`` (1% by default); from 10%
+    on it is log-normal with that coefficient of variation, so that no time is negative.
+    """
     recomputed = q if condition == "hit" else b + q
     rows = []
     for trial in range(1, trials + 1):
-        ttft_ms = ttft * (1 + 0.01 * rng.standard_normal())
-        decode_tok_s = decode * (1 + 0.01 * rng.standard_normal())
+        ttft_ms = ttft * _noise(rng, noise_cv)
+        decode_tok_s = decode * _noise(rng, noise_cv)
         prefill_ms = 0.9 * ttft_ms
         gen_decode_ms = 49 / decode_tok_s * 1000
         total = ttft_ms + gen_decode_ms
@@ -77,6 +89,14 @@ def _trial_rows(
     return rows
 
 
+def _noise(rng, cv: float) -> float:
+    """A multiplicative noise factor with coefficient of variation ``cv``."""
+    if cv < 0.10:  # the original 1% noise, drawn exactly as before
+        return 1 + cv * rng.standard_normal()
+    sigma = np.sqrt(np.log1p(cv * cv))
+    return float(np.exp(sigma * rng.standard_normal()))
+
+
 def make_results(
     configs: Sequence[tuple[int, int]] = SEED_CONFIGS,
     *,
@@ -87,17 +107,19 @@ def make_results(
     hit_decode_tok_s: float = 210.0,
     miss_decode_tok_s: float = 210.0,
     seed: int = 0,
+    noise_cv: float = 0.01,
 ) -> pd.DataFrame:
-    """A results table for ``configs``, hit then miss per configuration, all columns in order."""
+    """A results table for ``configs``, hit then miss per configuration, all columns in order.
+
+    ``noise_cv`` is the trial-to-trial coefficient of variation of TTFT and decode tok/s.
+    """
     rng = np.random.default_rng(seed)
     rows: list[dict] = []
     for a, b in configs:
-        rows += _trial_rows(
-            a, b, size_q, "hit", hit_ttft(a, b, size_q), hit_decode_tok_s, trials, rng
-        )
-        rows += _trial_rows(
-            a, b, size_q, "miss", miss_ttft(a, b, size_q), miss_decode_tok_s, trials, rng
-        )
+        hit = hit_ttft(a, b, size_q)
+        miss = miss_ttft(a, b, size_q)
+        rows += _trial_rows(a, b, size_q, "hit", hit, hit_decode_tok_s, trials, rng, noise_cv)
+        rows += _trial_rows(a, b, size_q, "miss", miss, miss_decode_tok_s, trials, rng, noise_cv)
     return pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
 
 

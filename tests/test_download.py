@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from kvcache_exp.download import (
+from kvcache_exp.models.download import (
     ChecksumMismatchError,
     DownloadError,
     download_file,
@@ -144,7 +144,7 @@ def test_retry_after_server_error_then_success(
 ) -> None:
     dest = tmp_path / "model.safetensors"
     with (
-        caplog.at_level(logging.WARNING, logger="kvcache_exp.download"),
+        caplog.at_level(logging.WARNING, logger="kvcache_exp.models.download"),
         serve(_FailsFirst) as (url, server),
     ):
         download_file(url, dest, PAYLOAD_SHA, **FAST)
@@ -192,7 +192,7 @@ def test_unpinned_file_is_accepted_with_a_warning(
 ) -> None:
     dest = tmp_path / "model.safetensors"
     with (
-        caplog.at_level(logging.WARNING, logger="kvcache_exp.download"),
+        caplog.at_level(logging.WARNING, logger="kvcache_exp.models.download"),
         serve(_Handler) as (url, _),
     ):
         download_file(url, dest, None, **FAST)

@@ -4,6 +4,7 @@ nothing already measured lost."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -98,6 +99,23 @@ def test_bad_configuration_is_rejected_before_any_job(workdir, case):
     assert message in out
     assert "Job stats" not in out
     assert not (workdir / "results").exists()
+
+
+def test_a_target_named_on_the_command_line_gets_the_same_checks(workdir, model_path):
+    """A configuration asked for by its file name, absent from config.yaml, is checked
+    against n_ctx and the model's trained context before anything runs."""
+    write_config(workdir, "wide.yaml", {"model": str(model_path), "n_ctx": 16384})
+    proc = snakemake(
+        workdir,
+        "results/results_phase3b_a8000_b500.csv",
+        "-n",
+        "--configfile",
+        "wide.yaml",
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "needs 8566 tokens of context, more than SmolLM2-135M-Instruct.Q4_1 was trained" in out
 
 
 def test_model_that_is_not_gguf_is_rejected(workdir, tmp_path):
@@ -201,6 +219,10 @@ def _experiment_config(**extra) -> dict:
     return {"model": str(MODEL_FILE), "trials": 2, "settle_ms": 0, "n_threads": 2, **extra}
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_experiment_loses_nothing_finished(tmp_path, model_path, sig):
@@ -218,6 +240,9 @@ def test_interrupted_experiment_loses_nothing_finished(tmp_path, model_path, sig
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
+        # A background job of a non-interactive shell (`nohup make test &`) inherits
+        # SIGINT ignored, and so would snakemake: give it the default disposition.
+        preexec_fn=_default_sigint,
     )
     log = workdir / "logs/experiment/a24_b24.log"
     deadline = time.monotonic() + 120
@@ -243,21 +268,35 @@ def test_interrupted_experiment_loses_nothing_finished(tmp_path, model_path, sig
     assert done.read_bytes() == done_bytes
 
 
-@pytest.mark.slow
-def test_one_experiment_on_the_gpu_at_a_time(tmp_path, model_path):
-    workdir = copy_workflow(tmp_path / "repo")
-    experiments = [{"size_a": a, "size_b": b} for a, b in ((8, 8), (16, 8), (8, 16), (16, 16))]
-    write_config(workdir, "run.yaml", _experiment_config(experiments=experiments, trials=1))
-    snakemake(workdir, "--cores", "4", "--resources", "gpu=1", "--configfile", "run.yaml")
+def _job_spans(workdir: Path, experiments: list[dict]) -> list[tuple[float, float]]:
+    """(start, end) in Unix seconds of each experiment job, from its provenance record."""
     spans = []
     for exp in experiments:
-        log = (workdir / f"logs/experiment/a{exp['size_a']}_b{exp['size_b']}.log").read_text()
-        stamps = [
-            line[:23] for line in log.splitlines() if " started: " in line or " finished: " in line
-        ]
-        assert len(stamps) == 2, log
-        start, end = (pd.Timestamp(s.replace(",", ".")) for s in stamps)
-        spans.append((start, end))
-    spans.sort()
-    for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False):
-        assert end <= next_start, f"experiments overlapped: {spans}"
+        record = workdir / f"results/run_phase3b_a{exp['size_a']}_b{exp['size_b']}.json"
+        data = json.loads(record.read_text())
+        spans.append((data["start_unix"], data["end_unix"]))
+    return sorted(spans)
+
+
+def _overlaps(spans: list[tuple[float, float]]) -> bool:
+    pairs = zip(spans, spans[1:], strict=False)
+    return any(end > next_start for (_, end), (next_start, _) in pairs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_one_experiment_on_the_gpu_at_a_time(tmp_path, model_path, gpus):
+    """Each experiment takes one thread, so four cores could run four at once: only the
+    gpu resource keeps them apart; with two GPUs they do overlap (the control)."""
+    workdir = copy_workflow(tmp_path / "repo")
+    experiments = [{"size_a": a, "size_b": b} for a, b in ((8, 8), (16, 8), (8, 16), (16, 16))]
+    config = _experiment_config(experiments=experiments, trials=1, experiment_threads=1)
+    config.pop("n_threads")
+    write_config(workdir, "run.yaml", config)
+    resources = f"gpu={gpus}"
+    snakemake(workdir, "--cores", "4", "--resources", resources, "--configfile", "run.yaml")
+    spans = _job_spans(workdir, experiments)
+    if gpus == 1:
+        assert not _overlaps(spans), f"experiments overlapped: {spans}"
+    else:
+        assert _overlaps(spans), f"with two GPUs no experiments overlapped: {spans}"

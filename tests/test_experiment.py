@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from workflow_copy import run_cli
 
-from kvcache_exp import experiment
-from kvcache_exp.prompts import PromptSet, build_prompts
-from kvcache_exp.settings import merge
+from kvcache_exp.config.settings import merge
+from kvcache_exp.measure import experiment
+from kvcache_exp.measure.prompts import PromptSet, build_prompts
 
 
 class BrokenHit(PromptSet):
@@ -35,24 +35,24 @@ def _settings(**extra):
     )
 
 
-def test_a_broken_hit_is_caught_as_unverified(llm, tokenize):
+def test_a_broken_hit_is_caught_as_unverified(engine, tokenize):
     settings = _settings()
     good = build_prompts(tokenize, 24, 12, settings.query_tokens)
     broken = BrokenHit(a=good.a, b=good.b, q=good.q)
-    df = experiment.run_trials(llm, broken, settings).results
+    df = experiment.run_trials(engine, broken, settings).results
     hit, miss = df[df.condition == "hit"], df[df.condition == "miss"]
     assert not hit["cache_verified"].any()
     assert (
         hit["cache_note"]
         .str.contains(
-            f"TTFT call of a hit evaluated {24 + 12 + settings.query_tokens - 12} tokens, "
+            f"TTFT call evaluated {24 + 12 + settings.query_tokens - 12} tokens, "
             f"expected {settings.query_tokens}"
         )
         .all()
     )
     assert miss["cache_verified"].all()
     # The unbroken prompts verify.
-    assert experiment.run_trials(llm, good, settings).results["cache_verified"].all()
+    assert experiment.run_trials(engine, good, settings).results["cache_verified"].all()
 
 
 @pytest.fixture()
@@ -60,8 +60,8 @@ def broken_run(monkeypatch, model_path, tmp_path):
     """run_experiment with the broken hit prompt swapped in."""
     real = experiment.make_prompts
 
-    def make_broken(llm, settings):
-        p = real(llm, settings)
+    def make_broken(engine, settings):
+        p = real(engine, settings)
         return BrokenHit(a=p.a, b=p.b, q=p.q)
 
     monkeypatch.setattr(experiment, "make_prompts", make_broken)
@@ -106,7 +106,7 @@ def test_gpt2_eos_ends_generations_early_and_is_reported(tmp_path, caplog):
     """The seed's EOS path, on a tiny GPT-2 whose end-of-text logit dominates."""
     from gpt2_tiny import make_tiny_checkpoint
 
-    from kvcache_exp.gpt2 import convert_gpt2_to_gguf
+    from kvcache_exp.models.gpt2 import convert_gpt2_to_gguf
 
     checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", n_positions=256, eos_dominant=True)
     model = convert_gpt2_to_gguf(checkpoint, tmp_path / "eos.gguf")
@@ -180,3 +180,48 @@ def test_command_line_rejects_bad_settings_with_the_workflows_messages(tmp_path,
     assert proc.returncode == 2
     assert "trials: 0 is less than the minimum of 1" in proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_ttft_is_one_sampled_token_even_when_it_is_a_partial_utf8_character(tmp_path):
+    """A model whose every greedy token is a lone UTF-8 lead byte (0xE4): llama-cpp-python's
+    create_completion keeps generating while the text ends in an incomplete character, so
+    its "1-token" call decoded several tokens. The protocol samples exactly one, and the
+    generation stops at max_tokens."""
+    from gpt2_tiny import make_tiny_checkpoint
+
+    from kvcache_exp.models.gpt2 import bytes_to_unicode, convert_gpt2_to_gguf
+
+    lead = bytes_to_unicode()[0xE4]
+    checkpoint = make_tiny_checkpoint(tmp_path / "ckpt", n_positions=256, dominant=lead)
+    model = convert_gpt2_to_gguf(checkpoint, tmp_path / "lead.gguf")
+    settings = replace(_settings(max_tokens=12), n_ctx=256, cures=False)
+    results, prompts = tmp_path / "r.csv", tmp_path / "p.csv"
+    experiment.run_experiment(model, settings, results, prompts)
+    df = pd.read_csv(results)
+    assert df["cache_verified"].all()
+    assert (df["ttft_decode_tokens"] == 0).all()  # one sample, no extra decode
+    assert (df["completion_tokens"] == 12).all() and set(df["finish_reason"]) == {"length"}
+    assert (df["gen_decode_tokens"] == 11).all()
+    expected = df["completion_tokens"] / (df["total_time_ms"] / 1000)
+    assert (abs(df["throughput_tok_s"] - expected) < 1e-6 * expected).all()
+    sample = pd.read_csv(prompts, keep_default_na=False)
+    assert "\ufffd" in sample.loc[sample.prompt_name == "hit", "sample_output"].item()
+
+
+def test_non_latin_prompt_text_gives_exact_prompts(tmp_path, engine):
+    """Text in other scripts (Russian, Chinese, emoji) on the real model: every prompt is
+    still exactly the configured number of tokens, and its text tokenizes back to them."""
+    from kvcache_exp.measure.prompts import read_source_text
+
+    text = (
+        "Кэш ключей и значений хранит состояние каждого токена, и когда начало запроса "
+        "меняется, модель должна пересчитать всё заново. 缓存保存了每个词元的键和值，"
+        "当提示的开头改变时，模型必须重新计算。 Emoji 🙂🚀 stay too. "
+    ) * 40
+    path = tmp_path / "story.txt"
+    path.write_text(text, encoding="utf-8")
+    p = build_prompts(engine.tokenize, 96, 64, 16, source_text=read_source_text(path))
+    assert (len(p.a.tokens), len(p.b.tokens), len(p.q.tokens)) == (96, 64, 16)
+    for name in ("warmup", "hit", "miss"):
+        assert engine.tokenize(p.text(name)) == p.tokens(name)
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in p.text("hit"))

@@ -48,9 +48,9 @@ from gpt2_tiny import (
 )
 from safetensors.numpy import load_file
 
-import kvcache_exp.gpt2 as gpt2_module
-from kvcache_exp.download import ChecksumMismatchError
-from kvcache_exp.gpt2 import (
+import kvcache_exp.models.gpt2 as gpt2_module
+from kvcache_exp.models.download import ChecksumMismatchError
+from kvcache_exp.models.gpt2 import (
     END_OF_TEXT,
     build_gpt2_gguf,
     checkpoint_cache_dir,

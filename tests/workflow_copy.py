@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PARTS = ("Snakefile", "config.yaml", "workflow", "profiles", "envs", "src")
+PARTS = ("Snakefile", "config.yaml", ".test", "workflow", "profiles", "envs", "src")
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -23,6 +23,11 @@ def copy_workflow(dest: Path) -> Path:
         else:
             shutil.copy2(src, dest / part)
     return dest
+
+
+def small_config() -> dict:
+    """The small configuration of ``.test/config.yaml``, which the workflow tests use."""
+    return yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
 
 
 def write_config(workdir: Path, name: str, values: dict) -> Path:

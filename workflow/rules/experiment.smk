@@ -17,6 +17,16 @@ rule run_experiment:
                 "view": "CSV download (prompts_phase3b_a{size_a}_b{size_b}.csv)",
             },
         ),
+        record="results/run_phase3b_a{size_a}_b{size_b}.json",
+        cures=report(
+            "results/cures_phase3b_a{size_a}_b{size_b}.csv",
+            caption="../report/cures_csv.rst",
+            category="Cures",
+            labels={
+                "configuration": "A={size_a}, B={size_b}",
+                "table": "every trial (CSV)",
+            },
+        ),
     log:
         "logs/experiment/a{size_a}_b{size_b}.log",
     benchmark:
@@ -25,12 +35,15 @@ rule run_experiment:
         size_a=r"\d+",
         size_b=r"\d+",
     conda:
-        "../../envs/kvcache.yaml"
-    threads: workflow.cores
+        "../../envs/experiment.yaml"
+    threads: config["experiment_threads"]
     resources:
+        # One experiment per accelerator: locally --resources gpu=1, on SLURM its GRES.
         gpu=1,
+        mem_mb=config["experiment_mem_mb"],
     params:
         settings=experiment_settings,
         model=model_name(),
+        model_file=model_path(),
     script:
         "../scripts/run_experiment.py"

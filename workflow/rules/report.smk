@@ -1,21 +1,3 @@
-rule report_summary:
-    input:
-        md="results/summary.md",
-    output:
-        html=report(
-            "results/report/summary.html",
-            caption="../report/summary_page.rst",
-            category="Summary",
-            labels={"table": "degradation, statistics and verdicts"},
-        ),
-    log:
-        "logs/report/summary.log",
-    conda:
-        "../../envs/kvcache.yaml"
-    script:
-        "../scripts/report_pages.py"
-
-
 rule report_prompts:
     input:
         csv="prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
@@ -35,11 +17,11 @@ rule report_prompts:
         size_a=r"\d+",
         size_b=r"\d+",
     conda:
-        "../../envs/kvcache.yaml"
+        "../../envs/analysis.yaml"
     params:
         label="A={size_a}, B={size_b}",
     script:
-        "../scripts/report_pages.py"
+        "../scripts/report_prompts.py"
 
 
 rule report_run:
@@ -55,6 +37,6 @@ rule report_run:
     log:
         "logs/report/run.log",
     conda:
-        "../../envs/kvcache.yaml"
+        "../../envs/analysis.yaml"
     script:
-        "../scripts/report_pages.py"
+        "../scripts/report_run.py"

@@ -1,6 +1,9 @@
 rule summarize:
     input:
         results=results_csvs(),
+        records=experiment_records(),
+        cures=cures_csvs(),
+        code=code("summary"),
     output:
         csv=report(
             "results/summary.csv",
@@ -9,12 +12,25 @@ rule summarize:
             labels={"table": "per configuration (CSV)"},
         ),
         md="results/summary.md",
+        html=report(
+            "results/report/summary.html",
+            caption="../report/summary_page.rst",
+            category="Summary",
+            labels={"table": "degradation, statistics and verdicts"},
+        ),
+        cures=report(
+            "results/cures_summary.csv",
+            caption="../report/cures_summary_csv.rst",
+            category="Cures",
+            labels={"table": "per configuration and cure (CSV)"},
+        ),
     log:
         "logs/summarize.log",
     conda:
-        "../../envs/kvcache.yaml"
+        "../../envs/analysis.yaml"
     params:
         model_name=model_name(),
+        allow_mixed_provenance=config["allow_mixed_provenance"],
     script:
         "../scripts/summarize.py"
 
@@ -22,6 +38,7 @@ rule summarize:
 rule plot:
     input:
         results=results_csvs(),
+        code=code("plot"),
     output:
         main=report(
             "plots/experiment1_all_configs_phase3b.png",
@@ -44,16 +61,37 @@ rule plot:
     log:
         "logs/plot.log",
     conda:
-        "../../envs/kvcache.yaml"
+        "../../envs/analysis.yaml"
     params:
         model_name=model_name(),
     script:
         "../scripts/plot_results.py"
 
 
+rule plot_cures:
+    input:
+        cures=cures_csvs(),
+        code=code("plot"),
+    output:
+        png=report(
+            "plots/cures_cost_quality.png",
+            caption="../report/cures_plot.rst",
+            category="Cures",
+            labels={"figure": "time saved against quality lost"},
+        ),
+    log:
+        "logs/plot_cures.log",
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        model_name=model_name(),
+    script:
+        "../scripts/plot_cures.py"
+
+
 rule run_metadata:
     input:
-        model=model_path(),
+        records=experiment_records(),
     output:
         json=report(
             "results/run_metadata.json",
@@ -64,10 +102,7 @@ rule run_metadata:
     log:
         "logs/run_metadata.log",
     conda:
-        "../../envs/kvcache.yaml"
-    threads: workflow.cores
-    resources:
-        gpu=1,
+        "../../envs/analysis.yaml"
     params:
         model_name=model_name(),
         config=run_config(),

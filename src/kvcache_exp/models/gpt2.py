@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from kvcache_exp.download import download_file
+from kvcache_exp.models.download import download_file
 
 logger = logging.getLogger(__name__)
 

@@ -1,17 +1,17 @@
-"""Pages for ``snakemake --report``: the summary, the prompts and the run, as HTML.
+"""Pages for ``snakemake --report``: the prompts and the run, as HTML, and the page
+wrapper the summary page uses too.
 
 Snakemake's report shows images and HTML inline but offers CSV and JSON files only as
 downloads. A reader should see the degradation table, the verdicts, the exact prompts
 and the machine without downloading anything, so these small, self-contained pages
-render the files the workflow already wrote. Nothing here computes a measurement: the
-summary page is ``results/summary.md`` rendered, so the two can never disagree.
+render the files the workflow already wrote. Nothing here computes a measurement.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import re
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ div.wide { overflow-x: auto; }
 td.value { overflow-wrap: anywhere; }
 .verdict.yes { background: #dcfce7; color: #166534; }
 .verdict.no { background: #fee2e2; color: #991b1b; }
+.verdict.maybe { background: #fef9c3; color: #854d0e; }
+p.warning { background: #fef3c7; padding: 0.5rem 0.8rem; border-radius: 0.3rem; }
 .seg { border-radius: 0.2rem; }
 .seg.a { background: #fde68a; } .seg.b { background: #bfdbfe; } .seg.q { background: #bbf7d0; }
 .legend span.seg { padding: 0.1rem 0.4rem; margin-right: 0.3rem; font-family: ui-monospace,
@@ -48,90 +50,6 @@ def _page(title: str, body: str) -> str:
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
         f"<body>\n{body}\n</body></html>\n"
     )
-
-
-def _inline(text: str) -> str:
-    """Escape, then render **bold**, `code` and the verdict words as coloured badges."""
-    out = html.escape(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
-    out = re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-    return re.sub(r"\b(NOT )?SUPPORTED\b", _badge, out)
-
-
-def _badge(match: re.Match[str]) -> str:
-    kind = "no" if match.group(1) else "yes"
-    return f'<span class="verdict {kind}">{match.group(0)}</span>'
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
-
-
-def markdown_to_html(markdown: str) -> str:
-    """Render the subset of Markdown that ``summary.md`` uses: headings, tables, lists,
-    paragraphs, bold and code (no Markdown package is a dependency of the workflow)."""
-    lines = markdown.splitlines()
-    parts: list[str] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if not line.strip():
-            i += 1
-        elif m := re.match(r"(#{1,6}) (.*)", line):
-            level = len(m.group(1))
-            parts.append(f"<h{level}>{_inline(m.group(2))}</h{level}>")
-            i += 1
-        elif line.startswith("|"):
-            block = []
-            while i < len(lines) and lines[i].startswith("|"):
-                block.append(lines[i])
-                i += 1
-            head, rows = _cells(block[0]), [_cells(r) for r in block[2:]]
-            parts.append(
-                '<div class="wide"><table><thead><tr>'
-                + "".join(f"<th>{_inline(c)}</th>" for c in head)
-                + "</tr></thead><tbody>"
-                + "".join(
-                    "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows
-                )
-                + "</tbody></table></div>"
-            )
-        elif line.startswith("- "):
-            items = []
-            while i < len(lines) and lines[i].startswith("- "):
-                items.append(f"<li>{_inline(lines[i][2:])}</li>")
-                i += 1
-            parts.append("<ul>" + "".join(items) + "</ul>")
-        else:
-            para = []
-            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ")):
-                para.append(lines[i])
-                i += 1
-            parts.append(f"<p>{_inline(' '.join(para))}</p>")
-    return "\n".join(parts)
-
-
-def verdicts_first(markdown: str) -> str:
-    """Move the "Verdicts" section up, right after the first (the seed's) table section.
-
-    A reader opening the summary wants the answer before the statistics behind it; the
-    order of ``summary.md`` itself is left alone. Without such a section, nothing moves.
-    """
-    chunks = re.split(r"(?m)^(?=## )", markdown)
-    head, sections = chunks[0], chunks[1:]
-    verdicts = [s for s in sections if s.startswith("## Verdicts")]
-    if not verdicts or len(sections) < 2:
-        return markdown
-    rest = [s for s in sections if not s.startswith("## Verdicts")]
-    ordered = [head, rest[0], *verdicts, *rest[1:]]
-    return "".join(s if s.endswith("\n") else s + "\n" for s in ordered)
-
-
-def summary_page(summary_md: Path, out_html: Path) -> None:
-    """``results/summary.md`` as a page of the report, verdicts first."""
-    markdown = summary_md.read_text(encoding="utf-8")
-    title = next((ln[2:] for ln in markdown.splitlines() if ln.startswith("# ")), "Summary")
-    _write(out_html, _page(title, markdown_to_html(verdicts_first(markdown))))
 
 
 def split_segments(warmup: str, hit: str, miss: str) -> tuple[str, str, str] | None:
@@ -204,7 +122,7 @@ def prompts_page(prompts_csv: Path, out_html: Path, label: str) -> None:
         "<table><thead><tr><th>prompt</th><th>tokens</th><th>text</th>"
         f"<th>sample output</th></tr></thead><tbody>{rows}</tbody></table>"
     )
-    _write(out_html, _page(f"Prompts {label}", body))
+    write_page(out_html, f"Prompts {label}", body)
 
 
 #: Readable names of run_metadata.json's keys; a key not listed is shown as it is.
@@ -298,9 +216,10 @@ def run_page(metadata_json: Path, out_html: Path) -> None:
     body = f'<h1>The run</h1><p class="lead">{html.escape(run_sentence(meta))}</p>' + "".join(
         f"<h2>{title}</h2>{_table(values)}" for title, values in sections
     )
-    _write(out_html, _page("The run", body))
+    write_page(out_html, "The run", body)
 
 
-def _write(path: Path, text: str) -> None:
+def write_page(path: str | os.PathLike[str], title: str, body: str) -> None:
+    """Write a standalone page with the report's style around ``body`` (HTML)."""
     with atomic_open(path) as fh:
-        fh.write(text)
+        fh.write(_page(title, body))

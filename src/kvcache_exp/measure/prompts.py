@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvcache_exp import text as textgen
+from kvcache_exp.measure import text as textgen
 
 Tokenize = Callable[[str], list[int]]
 Detokenize = Callable[[list[int]], str]
 
-#: Seeds of the three word streams; distinct so that A, B and Q never repeat each other.
-_SEED_A, _SEED_B, _SEED_Q = 1, 2, 3
+#: Seeds of the word streams; distinct so that S, A, B and Q never repeat each other.
+_SEED_A, _SEED_B, _SEED_Q, _SEED_S = 1, 2, 3, 4
 #: Words tried to fill the last one or two tokens of a segment.
 _FILLERS = ("the", "and", "a", "of", "to", "in", "it", "was", "on", "at")
 
@@ -39,38 +39,64 @@ class Segment:
     tokens: tuple[int, ...]
 
 
+EMPTY = Segment(text="", tokens=())
+
+
 @dataclass(frozen=True)
 class PromptSet:
-    """The three prompts of one configuration, as token lists and as text."""
+    """The three prompts of one configuration, as token lists and as text.
+
+    ``s`` is an optional kept prefix (a system prompt) before A: with it, A is removed
+    from the middle of the prompt, as chat front-ends do, and every condition starts
+    from the cached S.
+    """
 
     a: Segment
     b: Segment
     q: Segment
+    s: Segment = EMPTY
 
     @property
     def warmup(self) -> list[int]:
-        return [*self.a.tokens, *self.b.tokens]
+        return [*self.s.tokens, *self.a.tokens, *self.b.tokens]
 
     @property
     def hit(self) -> list[int]:
-        return [*self.a.tokens, *self.b.tokens, *self.q.tokens]
+        return [*self.s.tokens, *self.a.tokens, *self.b.tokens, *self.q.tokens]
 
     @property
     def miss(self) -> list[int]:
-        return [*self.b.tokens, *self.q.tokens]
+        return [*self.s.tokens, *self.b.tokens, *self.q.tokens]
+
+    @property
+    def removed(self) -> tuple[int, int]:
+        """The positions of A in the warm-up: what a miss removes."""
+        return len(self.s.tokens), len(self.s.tokens) + len(self.a.tokens)
 
     def text(self, name: str) -> str:
         """The text of prompt ``name`` (``warmup``, ``hit`` or ``miss``)."""
         parts = {
-            "warmup": (self.a, self.b),
-            "hit": (self.a, self.b, self.q),
-            "miss": (self.b, self.q),
+            "warmup": (self.s, self.a, self.b),
+            "hit": (self.s, self.a, self.b, self.q),
+            "miss": (self.s, self.b, self.q),
         }[name]
         return "".join(p.text for p in parts)
 
     def tokens(self, name: str) -> list[int]:
         """The tokens of prompt ``name``."""
         return {"warmup": self.warmup, "hit": self.hit, "miss": self.miss}[name]
+
+
+#: A word wider than this many tokens is a run of text without spaces, which may be cut.
+_LONG_RUN = 8
+
+
+def _leading_part(word: str, room: int, tokenize: Tokenize) -> str:
+    """The longest leading part of ``word`` that is at most ``room`` tokens (or '')."""
+    for end in range(len(word) - 1, 0, -1):
+        if len(tokenize(" " + word[:end])) <= room:
+            return word[:end]
+    return ""
 
 
 def _build_segment(
@@ -83,8 +109,11 @@ def _build_segment(
 ) -> Segment:
     """Take words from ``words`` until they make exactly ``n_tokens`` tokens.
 
-    Words are kept whole. When the next word would overshoot, single-token filler
-    words close the gap. ``avoid_first`` is a token the segment must not start with.
+    Words are kept whole, except a long run of text without spaces (Chinese, Japanese,
+    Thai write whole sentences that way): when it would overshoot, its longest leading
+    part that fits is taken, cut between characters. When the next word would overshoot
+    otherwise, single-token filler words close the gap. ``avoid_first`` is a token the
+    segment must not start with.
     """
     pieces: list[str] = []
     count = 0
@@ -99,7 +128,14 @@ def _build_segment(
         if count + width <= n_tokens:
             pieces.append(piece)
             count += width
-        elif fillers:
+            continue
+        if width > _LONG_RUN:
+            head = _leading_part(word, n_tokens - count, tokenize)
+            if head:
+                pieces.append(" " + head)
+                count += len(tokenize(" " + head))
+                continue
+        if fillers:
             # Too wide: close the remaining gap with one-token words.
             while count < n_tokens:
                 pieces.append(" " + fillers[count % len(fillers)])
@@ -127,32 +163,41 @@ def build_prompts(
     *,
     source_text: str | None = None,
     avoid_q_first: int | None = None,
+    size_s: int = 0,
 ) -> PromptSet:
-    """Build A, B and Q of exactly ``size_a``, ``size_b`` and ``size_q`` tokens.
+    """Build S, A, B and Q of exactly ``size_s``, ``size_a``, ``size_b`` and ``size_q``
+    tokens (S, the kept prefix, is empty by default).
 
     ``tokenize`` must not add a BOS token. With ``source_text`` the words come from a
-    user's text, consumed in order (A, then B, then Q); otherwise from the project's
+    user's text, consumed in order (S, A, B, then Q); otherwise from the project's
     deterministic prose. ``avoid_q_first`` keeps Q from starting with the token the
-    model would generate after ``[A, B]``, which would let a hit reuse one token of Q.
+    model would generate after ``[S, A, B]``, which would let a hit reuse one token of Q.
     """
     note = ""
     if source_text is not None:
         stream = textgen.words_from_text(source_text)
-        streams = (stream, stream, stream)
+        streams = (stream, stream, stream, stream)
+        parts = "S, A, B and Q" if size_s else "A, B and Q"
         note = (
-            f" (A, B and Q need {size_a + size_b + size_q} tokens in all, taken in order "
-            "from the prompt text file: give a longer text)"
+            f" ({parts} need {size_s + size_a + size_b + size_q} tokens in all, taken "
+            "in order from the prompt text file: give a longer text)"
         )
     else:
         streams = (
+            textgen.words(_SEED_S),
             textgen.words(_SEED_A),
             textgen.words(_SEED_B),
             textgen.words(_SEED_Q, question=True),
         )
-    a = _build_segment("context A", size_a, streams[0], tokenize, None, note)
-    b = _build_segment("context B", size_b, streams[1], tokenize, a.tokens[0], note)
-    q = _build_segment("query Q", size_q, streams[2], tokenize, avoid_q_first, note)
-    prompts = PromptSet(a=a, b=b, q=q)
+    s = (
+        _build_segment("kept prefix S", size_s, streams[0], tokenize, None, note)
+        if size_s
+        else EMPTY
+    )
+    a = _build_segment("context A", size_a, streams[1], tokenize, None, note)
+    b = _build_segment("context B", size_b, streams[2], tokenize, a.tokens[0], note)
+    q = _build_segment("query Q", size_q, streams[3], tokenize, avoid_q_first, note)
+    prompts = PromptSet(a=a, b=b, q=q, s=s)
     check_prompts(prompts, tokenize)
     return prompts
 
@@ -165,8 +210,11 @@ def check_prompts(prompts: PromptSet, tokenize: Tokenize) -> None:
     warm = prompts.warmup
     if prompts.hit[: len(warm)] != warm:
         raise PromptError("the hit prompt does not start with the warm-up prompt")
-    if prompts.miss[0] == warm[0]:
-        raise PromptError("the miss prompt shares its first token with the warm-up prompt")
+    kept = len(prompts.s.tokens)
+    if prompts.miss[kept] == warm[kept]:
+        raise PromptError(
+            "the miss prompt shares its first token after the kept prefix with the warm-up"
+        )
 
 
 def read_source_text(path: str | Path) -> str:

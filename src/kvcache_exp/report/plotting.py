@@ -18,7 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kvcache_exp import stats
+from kvcache_exp.analysis import stats
 from kvcache_exp.columns import CONDITIONS
 from kvcache_exp.outputs import atomic_open
 

@@ -26,7 +26,6 @@ runs in.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -35,10 +34,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+from kvcache_exp.models.files import CHUNK_SIZE, sha256_file
 
-#: Bytes read per ``read()`` call; large enough to be fast, small enough to log progress.
-CHUNK_SIZE = 1 << 20
+logger = logging.getLogger(__name__)
 
 #: Sent with every request; some mirrors refuse Python's default agent.
 USER_AGENT = "kvcache-exp/0.1 (+urllib)"
@@ -57,15 +55,6 @@ class ChecksumMismatchError(DownloadError):
 
 class _TransientError(Exception):
     """An attempt failed in a way that a later attempt may not (internal)."""
-
-
-def sha256_file(path: Path | str, chunk_size: int = CHUNK_SIZE) -> str:
-    """Return the hex sha256 of a file, read in chunks so that GB-sized files fit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _manual_instructions(url: str, dest: Path, sha256: str | None) -> str:
@@ -251,5 +240,4 @@ __all__ = [
     "ChecksumMismatchError",
     "DownloadError",
     "download_file",
-    "sha256_file",
 ]

@@ -12,6 +12,7 @@ rebuilt from the CSVs alone.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -308,3 +309,215 @@ def prefill_tok_s(df: pd.DataFrame) -> float:
     keep = tokens.notna() & ms.notna()
     total_ms = float(ms[keep].sum())
     return float(tokens[keep].sum()) / total_ms * 1000.0 if total_ms > 0 else math.nan
+
+
+# --------------------------------------------------------------------------- verdict statistics
+#
+# The verdicts compare configurations. Trials within one configuration are repeats of the
+# same measurement, not independent points along B, so the functions below treat the
+# configuration as the unit: a location per configuration (a median, robust to the
+# shared machine's occasional 1.5-3x slow trials), intervals from a bootstrap that
+# resamples trials within each configuration independently (a stratified bootstrap), and
+# shapes (slope, curvature) fitted through the configurations' locations.
+
+
+@dataclass(frozen=True)
+class LackOfFit:
+    """Lack-of-fit F test of a straight line against one mean per distinct x.
+
+    ``f`` compares the scatter of the x-group means around the line with the scatter of
+    the repeats around their own group mean (the pure error); ``p`` is its upper tail.
+    """
+
+    f: float
+    p: float
+    df_num: float
+    df_den: float
+
+
+NAN_LACK_OF_FIT = LackOfFit(math.nan, math.nan, math.nan, math.nan)
+#: The normal distribution's upper quartile: MAD / this estimates a normal sigma.
+_NORMAL_Q3 = float(sps.norm.ppf(0.75))
+
+
+def stratified_bootstrap(
+    samples: Sequence[ArrayLike],
+    statistic: Callable[..., np.ndarray],
+    *,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    confidence: float = DEFAULT_CONFIDENCE,
+    seed: int = DEFAULT_SEED,
+) -> list[Interval]:
+    """Percentile-bootstrap intervals of a statistic of several independent samples.
+
+    Each sample (e.g. the trials of one configuration and condition) is resampled on its
+    own, with replacement and at its own size: :func:`scipy.stats.bootstrap` with one
+    sample per stratum does exactly that. ``statistic(*samples, axis=-1)`` must be
+    vectorised along ``axis`` and return one value, or a stack of values (first axis),
+    per resample; the result is one :class:`Interval` per value, in that order.
+
+    The estimates are the statistic of the samples themselves (NaN when a sample is
+    empty). The bounds are NaN when a sample has fewer than two finite values (a single
+    trial has no spread to resample) or when the statistic is undefined (NaN) in any
+    resample, so that an interval that cannot be trusted is never mistaken for a narrow
+    one.
+    """
+    arrays = [clean(s) for s in samples]
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. the median of an empty sample
+        try:
+            estimates = np.atleast_1d(np.asarray(statistic(*arrays, axis=-1), dtype=float))
+        except (ValueError, IndexError):  # a statistic that refuses an empty sample
+            estimates = np.array([math.nan])
+    if any(a.size == 0 for a in arrays):
+        return [Interval(math.nan, math.nan, math.nan) for _ in estimates]
+    if any(a.size < 2 for a in arrays):
+        return [Interval(float(e), math.nan, math.nan) for e in estimates]
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples: handled below, as NaN
+        res = sps.bootstrap(
+            arrays,
+            statistic,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            vectorized=True,
+            rng=np.random.default_rng(seed),
+        )
+    lows = np.atleast_1d(np.asarray(res.confidence_interval.low, dtype=float))
+    highs = np.atleast_1d(np.asarray(res.confidence_interval.high, dtype=float))
+    draws = np.asarray(res.bootstrap_distribution, dtype=float).reshape(estimates.size, -1)
+    undefined = np.isnan(draws).any(axis=1)
+    return [
+        Interval(float(e), math.nan, math.nan) if bad else Interval(float(e), float(lo), float(hi))
+        for e, lo, hi, bad in zip(estimates, lows, highs, undefined, strict=True)
+    ]
+
+
+def line_and_bow(x: ArrayLike, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slope of the least-squares line and bow of the least-squares parabola through (x, y).
+
+    ``y`` may carry leading axes (one row per bootstrap resample); the last axis matches
+    ``x``. The bow is the parabola's largest distance from its chord over the range of
+    x, ``c * R² / 4`` for ``y = a + b x + c x²`` and ``R = max(x) - min(x)``, signed:
+    positive when the curve bends upwards (each extra token costs more than the last).
+    The bow is NaN with fewer than three distinct x values, the slope with fewer than two.
+    """
+    xa = np.asarray(x, dtype=float)
+    ya = np.asarray(y, dtype=float)
+    distinct = np.unique(xa).size
+    nan = np.full(ya.shape[:-1], math.nan)
+    if distinct < 2:
+        return nan, nan
+    span = float(xa.max() - xa.min())
+    t = (xa - (xa.max() + xa.min()) / 2) / span  # in [-1/2, 1/2]: well conditioned
+    dt = t - t.mean()
+    slope = (ya @ dt) / float(dt @ dt) / span
+    if distinct < 3:
+        return slope, nan
+    design = np.column_stack([np.ones_like(t), t, t * t])
+    coefs = ya @ np.linalg.pinv(design).T
+    return slope, coefs[..., 2] / 4.0  # over t's unit range, c * R² / 4 = c_t / 4
+
+
+def lack_of_fit(x: ArrayLike, y: ArrayLike) -> LackOfFit:
+    """Lack-of-fit F test of y = a + b x, with the pure error from repeats at each x.
+
+    The straight line is compared with the model that gives every distinct x its own
+    mean (statsmodels' nested-model F test): a small ``p`` says the group means do not
+    lie on a line, beyond what the repeats' scatter explains. Needs three distinct x
+    values and at least one repeat; NaN otherwise (and when the repeats do not vary).
+    """
+    import statsmodels.api as sm  # deferred: only the verdicts need it
+
+    xa, ya = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[keep], ya[keep]
+    levels, groups = np.unique(xa, return_inverse=True)
+    if levels.size < 3 or ya.size <= levels.size:
+        return NAN_LACK_OF_FIT
+    cell_means = sm.OLS(ya, np.eye(levels.size)[groups]).fit()
+    if not cell_means.ssr > 1e-12 * float(np.sum((ya - ya.mean()) ** 2)):
+        return NAN_LACK_OF_FIT  # no pure error (up to rounding): F is undefined
+    line = sm.OLS(ya, sm.add_constant(xa)).fit()
+    f, p, df_num = cell_means.compare_f_test(line)
+    return LackOfFit(float(f), float(p), float(df_num), float(cell_means.df_resid))
+
+
+def slow_outliers(values: ArrayLike, *, k: float, slow: str = "high", min_n: int = 5) -> np.ndarray:
+    """Mask of the trials far slower than the rest of their sample (a shared machine's hiccups).
+
+    On the log scale (timings vary multiplicatively), a value is flagged when it lies
+    more than ``k`` robust standard deviations (the normal-consistent median absolute
+    deviation, :func:`scipy.stats.median_abs_deviation`) beyond the sample's median on
+    the slow side: above it when ``slow`` is "high" (a time), below it when "low" (a
+    throughput). Fast values are never flagged. Samples under ``min_n`` values, and
+    samples whose MAD is 0, flag nothing: their spread cannot be estimated.
+    """
+    arr = np.asarray(values, dtype=float).ravel()
+    flags = np.zeros(arr.size, dtype=bool)
+    positive = np.isfinite(arr) & (arr > 0)
+    if positive.sum() < min_n:
+        return flags
+    logs = np.log(arr[positive])
+    center = np.median(logs)
+    # scipy.stats.median_abs_deviation(logs, scale="normal"), without its per-call overhead
+    scale = float(np.median(np.abs(logs - center))) / _NORMAL_Q3
+    if not scale > 0:
+        return flags
+    distance = (logs - center) / scale
+    flags[positive] = (distance if slow == "high" else -distance) > k
+    return flags
+
+
+def mann_whitney_greater(lower: ArrayLike, higher: ArrayLike) -> float:
+    """One-sided Mann-Whitney p-value that ``higher`` tends to exceed ``lower``.
+
+    NaN when either sample is empty. scipy picks the exact null distribution for small
+    samples without ties and the normal approximation otherwise.
+    """
+    return float(mann_whitney_greater_each([lower], [higher])[0])
+
+
+def mann_whitney_greater_each(
+    lowers: Sequence[ArrayLike], highers: Sequence[ArrayLike]
+) -> np.ndarray:
+    """:func:`mann_whitney_greater` of each pair (lowers[i], highers[i]).
+
+    Pairs of the same sizes above 8 (where scipy always uses the normal approximation)
+    go through one vectorised call; the p-values are those of one call per pair.
+    """
+    out = np.full(len(lowers), math.nan)
+    batches: dict[tuple[int, int], list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for i, (lower, higher) in enumerate(zip(lowers, highers, strict=True)):
+        lo, hi = clean(lower), clean(higher)
+        if lo.size == 0 or hi.size == 0:
+            continue
+        key = (lo.size, hi.size) if lo.size > 8 and hi.size > 8 else (-1 - i, 0)
+        batches.setdefault(key, []).append((i, lo, hi))
+    for batch in batches.values():
+        index = [i for i, _, _ in batch]
+        his = np.stack([hi for _, _, hi in batch])
+        los = np.stack([lo for _, lo, _ in batch])
+        out[index] = sps.mannwhitneyu(his, los, alternative="greater", axis=-1).pvalue
+    return out
+
+
+def holm_sidak(pvalues: ArrayLike) -> np.ndarray:
+    """Holm-Šidák step-down adjusted p-values, for a family error rate of the level.
+
+    statsmodels' ``multipletests(method="hs")``: Holm's step-down procedure with Šidák's
+    per-step levels, exact for independent tests (the configurations' trials are
+    independent) and never more conservative than Holm's. (Its plain ``"holm"`` branch
+    runs a full garbage collection on every call, half a second in a loaded process.)
+    NaN p-values stay NaN and do not count in the family.
+    """
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, math.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        with np.errstate(divide="ignore"):  # a p-value of 1 stays 1
+            out[finite] = multipletests(p[finite], method="hs")[1]
+    return out

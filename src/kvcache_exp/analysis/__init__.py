@@ -1,0 +1,1 @@
+"""Analysis: reading results back, statistics, per-configuration tables and verdicts."""

@@ -1,0 +1,1 @@
+"""The configuration: its schema (the single source of defaults) and each experiment's settings."""

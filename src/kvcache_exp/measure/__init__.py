@@ -1,0 +1,1 @@
+"""Measurement: prompts of exact token counts, the timed trial protocol, experiments."""

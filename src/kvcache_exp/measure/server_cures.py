@@ -1,0 +1,249 @@
+"""The cures for a miss, measured through an inference server.
+
+The in-process cures (:mod:`kvcache_exp.measure.cures`) operate on llama.cpp's cache
+directly (snapshots, shifts with recomputation, every logit for teacher forcing). An HTTP
+server offers none of that, but llama-server has the shift built in: its cache reuse
+(``--cache-reuse N``, or ``n_cache_reuse: N`` in a request) finds cached chunks of at least
+N tokens after the common prefix and moves them into place by KV shifting. That is the
+server-side form of the shift cure, measured here as ``server_cache_reuse`` beside the two
+ends, ``hit`` and ``miss``, into the same cures CSV (:data:`~kvcache_exp.columns.CURE_COLUMNS`).
+
+Each trial clears the server's cache and warms ``[S, A, B]`` anew (untimed; a slot
+restore from disk would cost as much at these sizes and adds a file format to trust),
+then times one first-token call of the cure:
+
+* ``hit``: ``[S, A, B, Q]``; must reuse |S|+|A|+|B| cached tokens and evaluate |Q|;
+* ``miss``: ``[S, B, Q]`` with ``n_cache_reuse`` 0; must reuse |S| and evaluate |B|+|Q|;
+* ``server_cache_reuse``: ``[S, B, Q]`` with ``n_cache_reuse`` = ``server.cache_reuse``;
+  must reuse |S|+|B| (B shifted back by |A|) and evaluate |Q|.
+
+The counts come from the server (``timings.cache_n``/``prompt_n``); anything else is
+written as unverified. Quality is what a server can show: the first position where the
+cure's greedy continuation leaves the reference continuation (a full recompute of
+``[S, B, Q]`` through the same server, generated after clearing its cache). The
+distribution figures (KL, top-1 agreement, RMS Δp) need every logit and stay NaN. The
+``noise_floor`` row repeats the full recompute and compares it with the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kvcache_exp.columns import CURE_COLUMNS
+from kvcache_exp.engines.base import CallResult
+from kvcache_exp.engines.openai_http import OpenAIHTTP
+from kvcache_exp.measure import protocol, quality
+from kvcache_exp.measure.prompts import PromptSet
+
+log = logging.getLogger(__name__)
+
+SERVER_CACHE_REUSE = "server_cache_reuse"
+#: The cures measured through a server, in their order in the first trial.
+SERVER_CURES: tuple[str, ...] = ("hit", "miss", SERVER_CACHE_REUSE)
+
+#: Stands for the end-of-generation token in a continuation (its id is the server's).
+_STOP = -1
+
+
+def position_correction(model_path: Path | None) -> str:
+    """What a KV shift can correct for the model in ``model_path``: RoPE keys are rotated
+    again; absolute position embeddings (GPT-2) stay baked into the states.
+
+    Read from the model file with llama.cpp (vocabulary and hyperparameters only), so it
+    is the same answer as in-process; "unknown" when there is no file to read (an
+    external server's model).
+    """
+    if model_path is None or not Path(model_path).is_file():
+        return "unknown (external server)"
+    import llama_cpp
+
+    from kvcache_exp.engines.llama_cpp_python import _captured_log
+
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    with _captured_log([]):  # llama.cpp's load log would otherwise go to stderr
+        model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
+    if not model:
+        return "unknown (llama.cpp could not read the model file)"
+    try:
+        rope = llama_cpp.llama_model_rope_type(model)
+    finally:
+        llama_cpp.llama_model_free(model)
+    return "none (absolute positions)" if rope == llama_cpp.LLAMA_ROPE_TYPE_NONE else "rope"
+
+
+def _continuation(result: CallResult) -> list[int]:
+    """A generation's tokens, ending with :data:`_STOP` when the model stopped itself."""
+    return [*result.tokens, *([_STOP] if result.finish_reason == "stop" else [])]
+
+
+def first_divergence(reference: list[int], other: list[int]) -> int:
+    """The first position where ``other`` leaves ``reference`` (``len(reference)`` when it
+    never does). Up to that position both greedy continuations had the same context, so
+    this equals the teacher-forced first divergence the in-process cures report."""
+    for i, token in enumerate(reference):
+        if i >= len(other) or other[i] != token:
+            return i
+    return len(reference)
+
+
+def _generate(engine: OpenAIHTTP, prompt: list[int], n_tokens: int, reuse: int) -> list[int]:
+    call = engine.generation(prompt, n_tokens, n_cache_reuse=reuse)
+    call.run()
+    return _continuation(call.result())
+
+
+def _server_quality(reference: list[int], continuation: list[int]) -> quality.Quality:
+    return quality.Quality(
+        kl_mean=math.nan,
+        kl_p99=math.nan,
+        top1_agreement=math.nan,
+        rms_dp=math.nan,
+        first_divergence=first_divergence(reference, continuation),
+        positions=len(reference),
+    )
+
+
+def _check(
+    measured: protocol.CallMeasurement,
+    expected_eval: int,
+    expected_cached: int,
+    warm: protocol.CallMeasurement,
+    warm_expected: int,
+    prompt: int,
+) -> str:
+    """Why a server cure trial's counts contradict the design, or '' when they agree."""
+    notes = []
+    if warm.result.cached_tokens != 0:
+        notes.append(f"the warm-up found {warm.result.cached_tokens} tokens cached after clearing")
+    if warm.eval_tokens != warm_expected:
+        notes.append(f"the warm-up evaluated {warm.eval_tokens} tokens, expected {warm_expected}")
+    if measured.eval_tokens != expected_eval:
+        notes.append(f"the call evaluated {measured.eval_tokens} tokens, expected {expected_eval}")
+    if measured.result.cached_tokens != expected_cached:
+        notes.append(
+            f"the server reused {measured.result.cached_tokens} cached tokens, expected "
+            f"{expected_cached}"
+        )
+    if measured.completion_tokens != 1:
+        notes.append(f"the call sampled {measured.completion_tokens} tokens, expected 1")
+    held = measured.result.extra.get("tokens_cached")
+    if held is not None and held != prompt:
+        notes.append(f"the server holds {held} tokens after the call, expected {prompt}")
+    return "; ".join(notes)
+
+
+def run_server_cures(
+    engine: OpenAIHTTP,
+    prompts: PromptSet,
+    *,
+    trials: int,
+    warmup_tokens: int,
+    settle_s: float,
+    quality_tokens: int,
+    cache_reuse: int,
+    correction: str,
+    rows: list[dict[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """The hit, the miss and llama-server's cache reuse, ``trials`` times each, plus one
+    ``noise_floor`` row (trial 0). Rows are appended to ``rows`` as they are measured, so
+    that a caller keeps them when the server fails half-way."""
+    rows = [] if rows is None else rows
+    s, a, b, q = (len(x.tokens) for x in (prompts.s, prompts.a, prompts.b, prompts.q))
+    sizes = {
+        "keep_tokens": s,
+        "size_a": a,
+        "size_b": b,
+        "size_q": q,
+        "position_correction": correction,
+    }
+    engine.clear()
+    reference = _generate(engine, prompts.miss, quality_tokens, 0)
+    engine.clear()
+    again = _generate(engine, prompts.miss, quality_tokens, 0)
+    rows.append(
+        {
+            "trial": 0,
+            "cure": "noise_floor",
+            "order": 0,
+            **sizes,
+            "cache_verified": True,
+            "cache_note": "",
+            **_quality_columns(_server_quality(reference, again)),
+        }
+    )
+    design = {
+        "hit": (prompts.hit, 0, q, s + a + b, math.nan),
+        "miss": (prompts.miss, 0, b + q, s, math.nan),
+        SERVER_CACHE_REUSE: (prompts.miss, cache_reuse, q, s + b, 0.0),
+    }
+    plan = list(SERVER_CURES)
+    for trial in range(1, trials + 1):
+        shift = (trial - 1) % len(plan)
+        for order, cure in enumerate(plan[shift:] + plan[:shift], start=1):
+            prompt, reuse, expected, cached, share = design[cure]
+            cleared = engine.clear()
+            warm = protocol.timed(engine.generation(prompts.warmup, warmup_tokens))
+            generated = warm.completion_tokens - (1 if warm.finish_reason == "length" else 0)
+            warm_expected = len(prompts.warmup) + max(generated, 0)
+            time.sleep(settle_s)
+            call = engine.first_token(prompt, n_cache_reuse=reuse)
+            measured = protocol.timed(call)
+            note = _check(measured, expected, cached, warm, warm_expected, len(prompt))
+            if cleared != -1:
+                note = "; ".join(filter(None, [f"clearing left position {cleared}", note]))
+            found = (
+                quality.NAN_QUALITY
+                if cure == "hit"
+                else _server_quality(reference, _generate(engine, prompt, quality_tokens, reuse))
+            )
+            rows.append(
+                {
+                    "trial": trial,
+                    "cure": cure,
+                    "order": order,
+                    **sizes,
+                    "recompute_share": share,
+                    "recompute_tokens": 0,
+                    "tokens_expected": expected,
+                    "ttft_ms": measured.wall_ms,
+                    "prefill_tokens": measured.prefill_tokens,
+                    "prefill_ms": measured.prefill_ms,
+                    "decode_tokens": measured.decode_tokens,
+                    "decode_ms": measured.decode_ms,
+                    "overhead_ms": measured.overhead_ms,
+                    "restored_pos_max": (warm.result.cached_tokens or 0) + warm.eval_tokens - 1,
+                    "cache_verified": note == "",
+                    "cache_note": note,
+                    **_quality_columns(found),
+                }
+            )
+            log.info(
+                "server cure trial %d %-20s ttft=%.1f ms eval=%d cached=%s first_divergence=%d%s",
+                trial,
+                cure,
+                measured.wall_ms,
+                measured.eval_tokens,
+                measured.result.cached_tokens,
+                found.first_divergence,
+                f" UNVERIFIED: {note}" if note else "",
+            )
+    engine.clear()
+    return pd.DataFrame(rows, columns=list(CURE_COLUMNS))
+
+
+def _quality_columns(found: quality.Quality) -> dict[str, float]:
+    return {
+        "kl_mean": found.kl_mean,
+        "kl_p99": found.kl_p99,
+        "top1_agreement": found.top1_agreement,
+        "rms_dp": found.rms_dp,
+        "first_divergence": found.first_divergence,
+        "quality_positions": found.positions,
+    }

@@ -1,0 +1,214 @@
+"""What produced each number: the code, the machine, the engine build, the job.
+
+A TTFT means little without what it was measured on. Each experiment job writes its own
+record beside its CSVs (``results/run_phase3b_a{A}_b{B}.json``); ``run_metadata.json``
+gathers them; and the summary refuses to pool configurations measured under different
+code, builds, thread counts or hosts, since their differences would then be read as
+effects of the cache.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kvcache_exp.outputs import atomic_open
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+#: Provenance fields that must agree between configurations before they are pooled,
+#: as (section, key) pairs of an experiment's record.
+POOLING_KEYS: tuple[tuple[str, str], ...] = (
+    ("code", "package_sha256"),
+    ("model", "sha256"),
+    ("machine", "host"),
+    ("engine", "engine"),
+    ("engine", "llama_cpp_python"),
+    ("engine", "llama_cpp_system_info"),
+    ("engine", "layers_offloaded"),
+    ("engine", "n_threads"),
+    ("engine", "n_batch"),
+    ("engine", "flash_attn"),
+    ("engine", "cache_type_k"),
+    ("engine", "cache_type_v"),
+    ("engine", "server"),
+)
+
+
+def package_files() -> list[Path]:
+    """The package's source files (and its schema), in a fixed order."""
+    files = [p for p in PACKAGE_DIR.rglob("*") if p.suffix in (".py", ".yaml") and p.is_file()]
+    return sorted(files, key=lambda p: p.relative_to(PACKAGE_DIR).as_posix())
+
+
+def package_sha256() -> str:
+    """One hash of every source file of the package: equal hashes, equal code."""
+    digest = hashlib.sha256()
+    for path in package_files():
+        digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command in the package's folder, or None without git or a repo."""
+    exe = shutil.which("git")
+    if not exe:
+        return None
+    try:
+        proc = subprocess.run(
+            [exe, "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, timeout=20
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def code_version() -> dict[str, Any]:
+    """The git commit the code came from (when it is a checkout) and a hash of the package."""
+    status = _git("status", "--porcelain", "--", ".")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "package_sha256": package_sha256(),
+        "package_dir": str(PACKAGE_DIR),
+        "python": sys.version.split()[0],
+    }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux), or the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_names() -> list[str]:
+    """NVIDIA GPUs seen by nvidia-smi; empty when there is none (or no driver)."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run(
+            [exe, "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def machine() -> dict[str, Any]:
+    """The host and, under SLURM, the job; CPU and GPUs."""
+    return {
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "gpus": gpu_names(),
+        "platform": platform.platform(),
+    }
+
+
+def now() -> tuple[str, float]:
+    """The time now, as an ISO 8601 UTC string and as Unix seconds."""
+    moment = dt.datetime.now(dt.UTC)
+    return moment.isoformat(), moment.timestamp()
+
+
+def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_open(path) as fh:
+        json.dump(data, fh, indent=2, default=str)
+        fh.write("\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def _get(record: dict[str, Any], section: str, key: str) -> Any:
+    return (record.get(section) or {}).get(key)
+
+
+def pooling_problems(records: dict[str, dict[str, Any]]) -> list[str]:
+    """Why the configurations in ``records`` (label -> record) may not be pooled.
+
+    One sentence per field that differs, naming the configurations on each side.
+    """
+    problems = []
+    for section, key in POOLING_KEYS:
+        groups: dict[str, list[str]] = {}
+        for label, record in records.items():
+            value = json.dumps(_get(record, section, key), sort_keys=True, default=str)
+            groups.setdefault(value, []).append(label)
+        if len(groups) > 1:
+            sides = "; ".join(
+                f"{', '.join(labels)}: {json.loads(value)!r}" for value, labels in groups.items()
+            )
+            problems.append(f"{section}.{key} differs between configurations ({sides})")
+    return problems
+
+
+def gather(
+    records: dict[str, dict[str, Any]], model_name: str, config: dict[str, Any]
+) -> dict[str, Any]:
+    """``run_metadata.json``: the run's model, software and hardware, and every job.
+
+    The model, software and hardware sections describe the first configuration's job;
+    ``pooling`` lists what differs between jobs (empty when they all agree).
+    """
+    if not records:
+        raise ValueError("gather: no experiment records")
+    first = next(iter(records.values()))
+    engine = dict(first.get("engine") or {})
+    where = first.get("machine") or {}
+    software_keys = ("engine", "llama_cpp_python", "llama_cpp_system_info", "server")
+    software = {k: engine.pop(k) for k in software_keys if k in engine}
+    try:
+        import snakemake
+
+        software["snakemake"] = snakemake.__version__
+    except ImportError:
+        pass
+    software["python"] = (first.get("code") or {}).get("python")
+    software["platform"] = where.get("platform")
+    software["code"] = {k: v for k, v in (first.get("code") or {}).items() if k != "python"}
+    hardware = {
+        "host": where.get("host"),
+        "cpu": where.get("cpu"),
+        "cpu_count": where.get("cpu_count"),
+        "gpus": where.get("gpus"),
+        **engine,
+    }
+    jobs = {
+        label: {
+            key: record.get(key)
+            for key in ("host", "slurm_job_id", "n_threads", "started_at", "finished_at")
+        }
+        for label, record in records.items()
+    }
+    return {
+        "model": {"name": model_name, **(first.get("model") or {})},
+        "software": software,
+        "hardware": hardware,
+        "experiments": jobs,
+        "pooling": pooling_problems(records),
+        "config": config,
+    }

@@ -1,0 +1,1 @@
+"""Reporting: the summary document, the figures and the report's HTML pages."""

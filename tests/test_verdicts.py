@@ -1,0 +1,239 @@
+"""Verdicts on the hypothesis and the seed's claims, on synthetic data with known answers.
+
+Every claim is shown to come out SUPPORTED, NOT SUPPORTED and UNDETERMINED on data made
+for each; noise alone must leave a claim UNDETERMINED, neither SUPPORTED nor NOT
+SUPPORTED. How often each verdict comes out under noise, and how long it takes, is
+measured in benchmarks/verdict_calibration.py, not here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic import SEED_CONFIGS, make_results
+
+from kvcache_exp.analysis import verdicts as vd
+from kvcache_exp.analysis.verdicts import NOT_SUPPORTED, SUPPORTED, UNDETERMINED
+
+KEYS = ["miss_costlier", "hit_constant", "miss_linear", "decode_unaffected"]
+
+
+def _found(df: pd.DataFrame) -> dict[str, vd.Verdict]:
+    return {v.key: v for v in vd.verdicts(df)}
+
+
+def _status(df: pd.DataFrame, key: str) -> str:
+    return _found(df)[key].status
+
+
+def _quadratic_miss(a: int, b: int, q: int) -> float:
+    """100, 150, 300 ms at B = 256, 384, 512: the bow is 25% of the rise, yet R² > 0.9."""
+    t = (b - 256) / 256
+    return 100.0 + 200.0 * t * t
+
+
+def _unverified(df: pd.DataFrame, rows: pd.Index | list[int]) -> pd.DataFrame:
+    out = df.copy()
+    out["cache_verified"] = out["cache_verified"].astype(object)
+    out.loc[rows, "cache_verified"] = False
+    return out
+
+
+# --------------------------------------------------------------------------- all verdicts
+
+
+def test_four_verdicts_in_order_each_with_its_rule_and_numbers():
+    df = make_results()
+    found = vd.verdicts(df)
+    assert vd.verdicts(df) == found  # a fixed bootstrap seed: reproducible from the CSVs
+    assert [v.key for v in found] == KEYS
+    assert [v.status for v in found] == [SUPPORTED] * 4
+    for verdict in found:
+        assert verdict.status in (SUPPORTED, NOT_SUPPORTED, UNDETERMINED)
+        assert "Rule" in verdict.reason and verdict.evidence
+        assert all(math.isfinite(x) for x in verdict.evidence.values()), verdict.key
+
+
+def test_one_trial_per_configuration_is_undetermined_never_not_supported():
+    # Intervals cannot be computed from single trials: every verdict is UNDETERMINED,
+    # even though the points happen to lie on lines.
+    found = vd.verdicts(make_results(trials=1))
+    assert [v.status for v in found] == [UNDETERMINED] * 4
+    by_config = vd.miss_costlier_by_config(make_results(trials=1))
+    assert {v.status for v in by_config} == {UNDETERMINED}
+    assert all(math.isnan(v.evidence["ratio_ci_low"]) for v in by_config)
+
+
+def test_unverified_trials_never_enter_a_statistic():
+    df = make_results()
+    wild = df.iloc[[0, 35]].copy()  # a hit of 512/256 and a miss of 384/384
+    wild["ttft_ms"] *= 50.0
+    wild["decode_tok_s"] /= 50.0
+    wild["trial"] = 99
+    polluted = _unverified(pd.concat([df, wild], ignore_index=True), [len(df), len(df) + 1])
+    assert vd.verdicts(polluted) == vd.verdicts(df)
+    assert vd.miss_costlier_by_config(polluted) == vd.miss_costlier_by_config(df)
+
+
+def test_unverified_flags_read_as_text_and_rows_without_ttft_are_dropped():
+    df = make_results()
+    as_text = df.assign(cache_verified=df["cache_verified"].map({True: "True"}))
+    as_text.loc[[3, 4], "cache_verified"] = "False"
+    as_text.loc[[3, 4], "ttft_ms"] = 1e6
+    no_ttft = df.copy()
+    no_ttft.loc[[3, 4], "ttft_ms"] = [math.nan, math.inf]
+    dropped = df.drop(index=[3, 4])
+    assert vd.verdicts(as_text) == vd.verdicts(dropped)
+    assert vd.verdicts(no_ttft) == vd.verdicts(dropped)
+
+
+# --------------------------------------------------------------------------- hypothesis
+
+
+def test_miss_costlier_per_configuration_and_overall():
+    # 384/384: the miss is faster than the hit (20 < 28 ms); 256/512: no difference.
+    miss = {256: 150.0, 384: 20.0, 512: 28.0}
+    df = make_results(miss_ttft=lambda a, b, q: miss[b])
+    per = vd.miss_costlier_by_config(df)
+    assert [(v.evidence["size_a"], v.evidence["size_b"]) for v in per] == list(SEED_CONFIGS)
+    assert [v.status for v in per] == [SUPPORTED, NOT_SUPPORTED, UNDETERMINED]
+    assert per[0].evidence["ratio_ci_low"] > 1 and per[0].evidence["p_one_sided"] < 0.05
+    assert per[1].evidence["ratio_ci_high"] < 1 and per[1].evidence["p_one_sided"] > 0.5
+    assert per[2].evidence["ratio_ci_low"] < 1 < per[2].evidence["ratio_ci_high"]
+    for verdict in per:
+        ev = verdict.evidence
+        assert ev["ratio_ci_low"] <= ev["ratio"] <= ev["ratio_ci_high"]
+        assert f"{ev['ratio']:.3g}" in verdict.reason
+    overall = _found(df)["miss_costlier"]
+    assert overall.status == NOT_SUPPORTED
+    assert overall.evidence["n_supported"] == 1 and overall.evidence["n_not_supported"] == 1
+
+
+def test_miss_costlier_undetermined_when_no_configuration_differs():
+    df = make_results(miss_ttft=lambda a, b, q: 28.0, noise_cv=0.15)
+    assert {v.status for v in vd.miss_costlier_by_config(df)} == {UNDETERMINED}
+    assert _status(df, "miss_costlier") == UNDETERMINED
+
+
+def test_miss_costlier_follows_the_order_configurations_appear_in():
+    configs = list(reversed(SEED_CONFIGS))
+    per = vd.miss_costlier_by_config(make_results(configs))
+    assert [(v.evidence["size_a"], v.evidence["size_b"]) for v in per] == configs
+
+
+def test_miss_costlier_corrects_for_several_configurations():
+    # Two trials each: the smallest one-sided p is 1/6, never significant, so the
+    # hypothesis stays undetermined however large the ratio.
+    per = vd.miss_costlier_by_config(make_results(trials=2))
+    assert {v.status for v in per} == {UNDETERMINED}
+    assert all(v.evidence["p_adjusted"] >= v.evidence["p_one_sided"] for v in per)
+
+
+# --------------------------------------------------------------------------- claim 1
+
+
+def test_hit_constant_is_an_equivalence_test():
+    verdict = _found(make_results())["hit_constant"]
+    assert verdict.status == SUPPORTED
+    ev = verdict.evidence
+    assert -0.10 < ev["change_share_ci_low"] <= ev["change_share_ci_high"] < 0.10
+    assert "±10%" in verdict.reason
+
+
+def test_hit_constant_noise_alone_is_not_supported():
+    # Flat hit TTFT, 35% trial-to-trial noise: the slope's CI contains 0 (the old rule
+    # said SUPPORTED), but it is far too wide to bound the change within 10%.
+    df = make_results(noise_cv=0.35, seed=3)
+    verdict = _found(df)["hit_constant"]
+    assert verdict.status == UNDETERMINED
+    ev = verdict.evidence
+    assert ev["change_share_ci_low"] < 0 < ev["change_share_ci_high"]
+    assert max(-ev["change_share_ci_low"], ev["change_share_ci_high"]) >= 0.10
+
+
+def test_hit_constant_not_supported_when_hit_ttft_rises():
+    # 20 + 0.04 B: 30.2 ms at B = 256, 40.5 ms at B = 512, a third more.
+    verdict = _found(make_results(hit_ttft=lambda a, b, q: 20.0 + 0.04 * b))["hit_constant"]
+    assert verdict.status == NOT_SUPPORTED
+    assert verdict.evidence["change_share_ci_low"] > 0.10
+    assert verdict.evidence["change_share"] == pytest.approx(10.24 / 35.36, rel=0.05)
+
+
+# --------------------------------------------------------------------------- claim 2
+
+
+def test_miss_linear_supported_with_its_evidence():
+    verdict = _found(make_results())["miss_linear"]
+    assert verdict.status == SUPPORTED
+    ev = verdict.evidence
+    assert ev["slope_ci_low"] < 0.5 < ev["slope_ci_high"]  # linear_miss: 0.5 ms/token
+    margin = vd.MISS_LINEAR_MAX_BOW
+    assert -margin < ev["bow_share_ci_low"] <= ev["bow_share_ci_high"] < margin
+    assert 0 <= ev["lack_of_fit_p"] <= 1
+
+
+def test_miss_linear_rejects_a_quadratic_and_a_fall():
+    verdict = _found(make_results(miss_ttft=_quadratic_miss))["miss_linear"]
+    assert verdict.status == NOT_SUPPORTED
+    assert verdict.evidence["lack_of_fit_p"] < 0.05
+    assert verdict.evidence["bow_share"] == pytest.approx(0.25, abs=0.02)
+    falling = _found(make_results(miss_ttft=lambda a, b, q: 400.0 - 0.5 * b))["miss_linear"]
+    assert falling.status == NOT_SUPPORTED
+    assert falling.evidence["slope_ci_high"] < 0 and "does not grow" in falling.reason
+
+
+def test_miss_linear_noise_alone_is_not_rejected():
+    # A straight line under 35% noise: R² falls below 0.9 (the old rule said NOT
+    # SUPPORTED); the bow's interval is simply too wide to decide.
+    df = make_results(miss_ttft=lambda a, b, q: 100.0 + 0.5 * (b + q), noise_cv=0.35, seed=1)
+    verdict = _found(df)["miss_linear"]
+    assert verdict.status == UNDETERMINED
+    assert verdict.evidence["bow_share_ci_low"] < 0 < verdict.evidence["bow_share_ci_high"]
+
+
+def test_miss_linear_needs_three_distinct_b_values():
+    two = _found(make_results(SEED_CONFIGS[:2]))["miss_linear"]
+    assert two.status == UNDETERMINED and "not enough configurations" in two.reason
+    # Three configurations measured, but every trial of one failed verification.
+    df = make_results(miss_ttft=_quadratic_miss)
+    lost = _unverified(df, df.index[df["size_b"] == 384])
+    verdict = _found(lost)["miss_linear"]
+    assert verdict.status == UNDETERMINED and "2 distinct" in verdict.reason
+
+
+# --------------------------------------------------------------------------- claim 3
+
+
+def test_decode_unaffected_three_outcomes():
+    cases = [
+        (210.0, 0.01, SUPPORTED),
+        (150.0, 0.01, NOT_SUPPORTED),  # ratio 0.71
+        (241.5, 0.01, NOT_SUPPORTED),  # ratio 1.15: never SUPPORTED
+        (210.0, 0.35, UNDETERMINED),  # no effect, but too noisy to bound it (old: NOT SUPPORTED)
+    ]
+    for miss_decode, noise_cv, expected in cases:
+        df = make_results(miss_decode_tok_s=miss_decode, noise_cv=noise_cv, seed=2)
+        verdict = _found(df)["decode_unaffected"]
+        assert verdict.status == expected, (miss_decode, noise_cv)
+        ev = verdict.evidence
+        assert ev["ratio_ci_low"] <= ev["ratio"] <= ev["ratio_ci_high"]
+        assert f"{ev['ratio']:.3f}" in verdict.reason
+        if expected == UNDETERMINED:
+            assert ev["ratio_ci_low"] < 1 < ev["ratio_ci_high"]
+    df = make_results()
+    df["decode_tok_s"] = math.nan
+    assert _status(df, "decode_unaffected") == UNDETERMINED
+
+
+def test_slow_outlier_trials_do_not_decide():
+    # One trial in each configuration and condition 3x slower (a shared machine's hiccup)
+    # does not change any verdict of otherwise clean data.
+    df = make_results()
+    first = df.groupby(["size_a", "size_b", "condition"]).head(1).index
+    df.loc[first, "ttft_ms"] *= 3.0
+    df.loc[first, "decode_tok_s"] /= 3.0
+    assert [v.status for v in vd.verdicts(df)] == [SUPPORTED] * 4
+    assert np.isfinite(_found(df)["hit_constant"].evidence["change_share_ci_high"])
