@@ -21,7 +21,6 @@ This is a helper module, not a test file.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +28,12 @@ import gguf
 import numpy as np
 from gpt2_tiny import CORPUS, build_vocab, make_tiny_checkpoint, train_merges
 
-try:  # the package is being restructured: the converter moves into kvcache_exp.models
-    from kvcache_exp.models.gpt2 import END_OF_TEXT, convert_gpt2_to_gguf
-except ImportError:  # pragma: no cover - the layout before the restructure
-    from kvcache_exp.models.gpt2 import END_OF_TEXT, convert_gpt2_to_gguf  # type: ignore[no-redef]
+from kvcache_exp.models.gpt2 import (
+    END_OF_TEXT,
+    add_byte_bpe_tokenizer,
+    convert_gpt2_to_gguf,
+    write_gguf,
+)
 
 __all__ = [
     "CORPUS",
@@ -159,16 +160,7 @@ def make_tiny_llama(
         ("output.weight", output),
     ]
 
-    file_type = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[dtype]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp_path), "llama")
-    try:
+    def describe(writer: Any) -> None:
         writer.add_name(f"tiny-llama-{n_layer}l-{dtype}")
         writer.add_context_length(n_ctx)
         writer.add_embedding_length(n_embd)
@@ -180,32 +172,12 @@ def make_tiny_llama(
         writer.add_rope_freq_base(rope_freq_base)
         writer.add_layer_norm_rms_eps(1e-5)
         writer.add_vocab_size(n_vocab)
-        writer.add_file_type(int(file_type))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        # The same tokenizer as the package's GPT-2 converter writes.
+        add_byte_bpe_tokenizer(writer, tokens, token_types, merges, eot, eot)
 
-        # The same tokenizer keys as kvcache_exp's GPT-2 converter: byte-level BPE with the
-        # gpt-2 pre-tokenizer; BOS/EOS set explicitly (llama.cpp would default them to 11).
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("gpt-2")
-        writer.add_token_list(tokens)
-        writer.add_token_types(token_types)
-        writer.add_token_merges(merges)
-        writer.add_bos_token_id(eot)
-        writer.add_eos_token_id(eot)
-        writer.add_add_bos_token(False)
-
-        for name, array in tensors:
-            data, raw_dtype = _encode(name, array, dtype)
-            writer.add_tensor(name, data, raw_dtype=raw_dtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        tmp_path.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(tmp_path, path)
+    write_gguf(
+        Path(path), "llama", dtype, describe, ((n, *_encode(n, a, dtype)) for n, a in tensors)
+    )
     return path
 
 

@@ -85,6 +85,18 @@ class EngineSettings:
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
 
+    def server_args(self) -> dict[str, Any]:
+        """The same settings for a llama-server, so that the two engines compare equal."""
+        return {
+            "threads": self.n_threads,
+            "n_ctx": self.n_ctx,
+            "n_batch": self.n_batch,
+            "n_gpu_layers": self.n_gpu_layers,
+            "flash_attn": self.flash_attn,
+            "cache_type_k": self.cache_type_k,
+            "cache_type_v": self.cache_type_v,
+        }
+
 
 def _counters(ctx: llama_cpp.llama_context_p) -> tuple[int, float, int, float]:
     """llama.cpp's counters since the last reset: (prefill n, ms, decode n, ms).

@@ -218,7 +218,7 @@ def run_cures(
             **sizes,
             "cache_verified": True,
             "cache_note": "",
-            **_quality_columns(floor),
+            **floor.as_columns(),
         }
     ]
     plan = cures(recompute_shares)
@@ -253,7 +253,7 @@ def run_cures(
                     "restored_pos_max": restored,
                     "cache_verified": note == "",
                     "cache_note": note,
-                    **_quality_columns(found),
+                    **found.as_columns(),
                 }
             )
             log.info(
@@ -269,13 +269,3 @@ def run_cures(
     engine.clear()
     return pd.DataFrame(rows, columns=list(CURE_COLUMNS))
 
-
-def _quality_columns(found: quality.Quality) -> dict[str, float]:
-    return {
-        "kl_mean": found.kl_mean,
-        "kl_p99": found.kl_p99,
-        "top1_agreement": found.top1_agreement,
-        "rms_dp": found.rms_dp,
-        "first_divergence": found.first_divergence,
-        "quality_positions": found.positions,
-    }

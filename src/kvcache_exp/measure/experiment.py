@@ -61,17 +61,21 @@ def load_engine(model_path: Path, settings: ExperimentSettings) -> Engine:
     ``server.base_url``. A server that cannot be started or reached raises
     :class:`EngineError` with its reason before anything is measured.
     """
+    engine_settings = EngineSettings(
+        n_ctx=settings.n_ctx,
+        n_batch=settings.n_batch,
+        n_threads=settings.n_threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        seed=settings.seed,
+        flash_attn=settings.flash_attn,
+        cache_type_k=settings.cache_type_k,
+        cache_type_v=settings.cache_type_v,
+    )
     if settings.engine == "llama_server":
         log.info("starting llama-server for %s", model_path)
         return openai_http.start_llama_server(
             model_path,
-            threads=settings.n_threads,
-            n_ctx=settings.n_ctx,
-            n_batch=settings.n_batch,
-            n_gpu_layers=settings.n_gpu_layers,
-            flash_attn=settings.flash_attn,
-            cache_type_k=settings.cache_type_k,
-            cache_type_v=settings.cache_type_v,
+            **engine_settings.server_args(),
             startup_timeout_s=settings.server.startup_timeout_s,
             request_timeout_s=settings.server.request_timeout_s,
         )
@@ -88,16 +92,6 @@ def load_engine(model_path: Path, settings: ExperimentSettings) -> Engine:
             request_timeout_s=server.request_timeout_s,
             startup_timeout_s=server.startup_timeout_s,
         )
-    engine_settings = EngineSettings(
-        n_ctx=settings.n_ctx,
-        n_batch=settings.n_batch,
-        n_threads=settings.n_threads,
-        n_gpu_layers=settings.n_gpu_layers,
-        seed=settings.seed,
-        flash_attn=settings.flash_attn,
-        cache_type_k=settings.cache_type_k,
-        cache_type_v=settings.cache_type_v,
-    )
     try:
         return LlamaCppPython(model_path, engine_settings)
     except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"

@@ -40,6 +40,12 @@ class Quality:
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def as_columns(self) -> dict[str, float]:
+        """The cures CSV's quality columns."""
+        columns = self.as_dict()
+        columns["quality_positions"] = columns.pop("positions")
+        return columns
+
 
 NAN_QUALITY = Quality(math.nan, math.nan, math.nan, math.nan, -1, 0)
 

@@ -175,7 +175,7 @@ def run_server_cures(
             **sizes,
             "cache_verified": True,
             "cache_note": "",
-            **_quality_columns(_server_quality(reference, again)),
+            **_server_quality(reference, again).as_columns(),
         }
     )
     design = {
@@ -221,7 +221,7 @@ def run_server_cures(
                     "restored_pos_max": (warm.result.cached_tokens or 0) + warm.eval_tokens - 1,
                     "cache_verified": note == "",
                     "cache_note": note,
-                    **_quality_columns(found),
+                    **found.as_columns(),
                 }
             )
             log.info(
@@ -237,13 +237,3 @@ def run_server_cures(
     engine.clear()
     return pd.DataFrame(rows, columns=list(CURE_COLUMNS))
 
-
-def _quality_columns(found: quality.Quality) -> dict[str, float]:
-    return {
-        "kl_mean": found.kl_mean,
-        "kl_p99": found.kl_p99,
-        "top1_agreement": found.top1_agreement,
-        "rms_dp": found.rms_dp,
-        "first_divergence": found.first_divergence,
-        "quality_positions": found.positions,
-    }

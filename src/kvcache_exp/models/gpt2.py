@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +302,66 @@ def _encode_tensor(name: str, array: np.ndarray, dtype: str) -> tuple[np.ndarray
         return data.astype(np.float16), None
 
 
+FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}
+
+
+def add_byte_bpe_tokenizer(
+    writer: Any,
+    tokens: list[str],
+    token_types: list[int],
+    merges: list[str],
+    bos_id: int,
+    eos_id: int,
+) -> None:
+    """GPT-2's byte-level BPE tokenizer, as llama.cpp reads it: the ``gpt2`` model with the
+    ``gpt-2`` pre-tokenizer, the merges in rank order, and BOS/EOS set explicitly
+    (llama.cpp would default them to 11, a comma in GPT-2's vocabulary)."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(GGUF_PRE_TOKENIZER)
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(bos_id)
+    writer.add_eos_token_id(eos_id)
+    # GPT-2 never prepends BOS (Hugging Face's tokenizer does not either); explicit so that
+    # prompt token counts do not depend on llama.cpp's default.
+    writer.add_add_bos_token(False)
+
+
+def write_gguf(
+    out_path: Path,
+    arch: str,
+    dtype: str,
+    describe: Callable[[Any], None],
+    tensors: Iterable[tuple[str, np.ndarray, Any]],
+) -> Path:
+    """Write a GGUF: ``describe(writer)`` adds the metadata, ``tensors`` are
+    ``(name, data, raw ggml type or None)``. Written to ``<out_path>.tmp`` and renamed, so
+    an interrupted write never leaves a truncated model under the final name."""
+    import gguf
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = out_path.with_name(out_path.name + ".tmp")
+    writer = gguf.GGUFWriter(str(tmp_path), arch)
+    try:
+        describe(writer)
+        writer.add_file_type(int(getattr(gguf.LlamaFileType, FILE_TYPES[dtype])))
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for tensor_name, data, raw_dtype in tensors:
+            writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp_path.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp_path, out_path)
+    return out_path
+
+
 def convert_gpt2_to_gguf(
     checkpoint_dir: Path,
     out_path: Path,
@@ -322,7 +382,6 @@ def convert_gpt2_to_gguf(
     Returns:
         ``out_path``.
     """
-    import gguf
     from safetensors.numpy import load_file
 
     if dtype not in DTYPES:
@@ -364,16 +423,7 @@ def convert_gpt2_to_gguf(
 
     tokens, token_types, merges, bos_id, eos_id = _load_tokenizer(checkpoint_dir, n_vocab, config)
 
-    file_type = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[dtype]
-
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = out_path.with_name(out_path.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp_path), "gpt2")
-    try:
+    def describe(writer: Any) -> None:
         writer.add_name(name or str(config.get("model_type", "gpt2")))
         writer.add_context_length(n_ctx)
         writer.add_embedding_length(n_embd)
@@ -381,33 +431,10 @@ def convert_gpt2_to_gguf(
         writer.add_block_count(n_layer)
         writer.add_head_count(n_head)
         writer.add_layer_norm_eps(eps)
-        writer.add_file_type(int(file_type))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        add_byte_bpe_tokenizer(writer, tokens, token_types, merges, bos_id, eos_id)
 
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(GGUF_PRE_TOKENIZER)
-        writer.add_token_list(tokens)
-        writer.add_token_types(token_types)
-        writer.add_token_merges(merges)
-        writer.add_bos_token_id(bos_id)
-        writer.add_eos_token_id(eos_id)
-        # GPT-2 never prepends BOS (Hugging Face's tokenizer does not either); explicit so that
-        # prompt token counts do not depend on llama.cpp's default.
-        writer.add_add_bos_token(False)
-
-        for tensor_name, array in tensors:
-            data, raw_dtype = _encode_tensor(tensor_name, array, dtype)
-            writer.add_tensor(tensor_name, data, raw_dtype=raw_dtype)
-
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        tmp_path.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(tmp_path, out_path)
+    encoded = ((n, *_encode_tensor(n, array, dtype)) for n, array in tensors)
+    write_gguf(out_path, "gpt2", dtype, describe, encoded)
     logger.info(
         "Wrote %s (%s, %d layers, n_embd %d, vocab %d, BOS/EOS %d/%d)",
         out_path,

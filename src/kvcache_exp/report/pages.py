@@ -177,12 +177,31 @@ def _experiments(value: Any) -> str:
     return html.escape(json.dumps(value, default=str))
 
 
-def _table(mapping: dict[str, Any]) -> str:
+def _table(mapping: dict[str, Any], labelled: bool = True) -> str:
+    """Key and value per row; keys read as words unless ``labelled`` is False (the
+    configuration, whose keys are what a user types)."""
     rows = "".join(
-        f'<tr><th>{html.escape(_LABELS.get(k, k))}</th><td class="value">{_value(k, v)}</td></tr>'
+        f"<tr><th>{html.escape(_LABELS.get(k, k) if labelled else k)}</th>"
+        f'<td class="value">{_value(k, v)}</td></tr>'
         for k, v in mapping.items()
     )
     return f"<table><tbody>{rows}</tbody></table>"
+
+
+_JOB_COLUMNS = ("host", "slurm_job_id", "n_threads", "started_at", "finished_at")
+
+
+def _jobs(jobs: dict[str, dict[str, Any]]) -> str:
+    """One row per experiment job: where and when it ran."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ("experiment", *_JOB_COLUMNS))
+    rows = "".join(
+        f"<tr><td>{html.escape(label)}</td>"
+        + "".join(f"<td>{_value(c, job.get(c))}</td>" for c in _JOB_COLUMNS)
+        + "</tr>"
+        for label, job in jobs.items()
+    )
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    return f'<div class="wide">{table}</div>'
 
 
 def run_sentence(meta: dict[str, Any]) -> str:
@@ -211,11 +230,18 @@ def run_page(metadata_json: Path, out_html: Path) -> None:
         ("Model", meta.get("model", {})),
         ("Software", meta.get("software", {})),
         ("Hardware", meta.get("hardware", {})),
-        ("Configuration", meta.get("config", {})),
     ]
     body = f'<h1>The run</h1><p class="lead">{html.escape(run_sentence(meta))}</p>' + "".join(
         f"<h2>{title}</h2>{_table(values)}" for title, values in sections
     )
+    pooling = meta.get("pooling") or []
+    if pooling:
+        items = "".join(f"<li>{html.escape(p)}</li>" for p in pooling)
+        body += (
+            f'<p class="warning">Configurations ran under different conditions:</p><ul>{items}</ul>'
+        )
+    body += f"<h2>Experiment jobs</h2>{_jobs(meta.get('experiments') or {})}"
+    body += f"<h2>Configuration</h2>{_table(meta.get('config', {}), labelled=False)}"
     write_page(out_html, "The run", body)
 
 
