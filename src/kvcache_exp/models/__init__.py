@@ -1,0 +1,1 @@
+"""Models: the catalog, fetching and converting model files, and checking them."""
