@@ -25,8 +25,8 @@ class Quality:
     """A cure's distributions against the reference's, over ``positions`` positions.
 
     ``first_divergence`` is the index, among the continuation's positions, of the first
-    one whose most likely token differs from the reference continuation's: where greedy
-    generation through the cure would first leave the reference text (the number of
+    one whose most likely token differs from the reference's there: where greedy
+    generation through the cure would first leave the reference's (the number of
     continuation positions when it never does).
     """
 
@@ -83,8 +83,13 @@ def compare(
     top1 = np.argmax(ref_logp, axis=-1) == np.argmax(cure_logp, axis=-1)
     rows = np.arange(len(next_tokens))
     dp = np.exp(cure_logp[rows, next_tokens]) - np.exp(ref_logp[rows, next_tokens])
-    cont = np.argmax(cure_logp[-n_continuation:], axis=-1) != next_tokens[-n_continuation:]
-    diverged = np.flatnonzero(cont) if n_continuation else np.array([], dtype=int)
+    # Teacher-forced on the same tokens, the cure's greedy choice first leaves the
+    # reference's where their most likely tokens first differ. (Against the reference's
+    # generated tokens instead, even a second full recompute would "diverge": generation
+    # evaluates one token at a time, whose kernels round differently from a batch.)
+    tail = slice(len(next_tokens) - n_continuation, None)
+    differ = ~top1[tail]
+    diverged = np.flatnonzero(differ) if n_continuation else np.array([], dtype=int)
     return Quality(
         kl_mean=float(np.mean(kl)),
         kl_p99=float(np.percentile(kl, 99)),
