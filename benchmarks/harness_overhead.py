@@ -10,7 +10,9 @@ configurations, hit and miss, side by side in one run for
 * the seed's call, llama-cpp-python's ``create_completion(max_tokens=1)``, which also
   fills the batch token by token, detokenizes and builds a response inside the call,
 
-and prints the medians, also as a share of the median TTFT.
+and prints the medians, also as a share of the median TTFT. It then breaks down the
+protocol's miss overhead: removing the warmed cache cells, and one greedy sample,
+each timed alone; the rest is ``llama_decode``'s own work outside its prefill timer.
 
     .venv/bin/python benchmarks/harness_overhead.py [--trials N] [--threads T]
 """
@@ -44,6 +46,23 @@ def _seed_call(engine, warmup: list[int], prompt: list[int]) -> tuple[float, flo
     data = llama_cpp.llama_perf_context(llm.ctx)
     engine.clear()
     return wall, wall - data.t_p_eval_ms - data.t_eval_ms
+
+
+def _parts(engine, protocol, prompts) -> tuple[float, float]:
+    """(ms to remove the warmed cells, ms for one greedy sample), each timed alone."""
+    engine.clear()
+    protocol.timed(engine.generation(prompts.warmup, 6))
+    start = time.perf_counter()
+    llama_cpp.llama_memory_seq_rm(engine.mem, 0, 0, -1)
+    removal = (time.perf_counter() - start) * 1000.0
+    engine.clear()
+    protocol.timed(engine.generation(prompts.warmup, 6))
+    protocol.timed(engine.first_token(prompts.miss))
+    start = time.perf_counter()
+    llama_cpp.llama_sampler_sample(engine.sampler, engine.ctx, -1)
+    sample = (time.perf_counter() - start) * 1000.0
+    engine.clear()
+    return removal, sample
 
 
 def main() -> int:
@@ -85,6 +104,13 @@ def main() -> int:
                         f"| {exp['size_a']}/{exp['size_b']} | {condition} | {name} | "
                         f"{wall:.1f} | {over:.3f} | {100 * over / wall:.2f}% |"
                     )
+            parts = [_parts(engine, protocol, p) for _ in range(args.trials)]
+            print(
+                f"| {exp['size_a']}/{exp['size_b']} | miss, parts | "
+                "removing the warmed cells; one sample | | "
+                f"{statistics.median(r for r, _ in parts):.3f}; "
+                f"{statistics.median(s for _, s in parts):.3f} | |"
+            )
     finally:
         engine.close()
     return 0

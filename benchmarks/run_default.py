@@ -25,6 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 PARTS = ("Snakefile", "config.yaml", "workflow", "profiles", "envs", "src")
 
 
+def _phase_seconds(log: Path, phase: str) -> float:
+    """Seconds between the '<phase> started' and '<phase> finished' lines of a job log."""
+    stamps = {}
+    for line in log.read_text().splitlines():
+        for edge in ("started", "finished"):
+            if line.endswith(f": {phase} {edge}"):
+                stamps[edge] = pd.Timestamp(line[:23].replace(",", "."))
+    if len(stamps) != 2:
+        return 0.0
+    return (stamps["finished"] - stamps["started"]).total_seconds()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, default=REPO / "benchmarks/out/default")
@@ -73,15 +85,19 @@ def main() -> int:
         seconds = float(pd.read_csv(bench, sep="\t")["s"].iloc[0])
         results = pd.read_csv(work / f"results/results_phase3b_{label}.csv")
         n_trials = len(results)  # one row per trial and condition
+        cures_s = _phase_seconds(work / f"logs/experiment/{label}.log", "cures")
+        seed_s = seconds - cures_s
         sleeps = n_trials * 2 * config["settle_ms"] / 1000.0
         rows.append(
             {
                 "config": label,
                 "job_s": seconds,
+                "seed_s": seed_s,
                 "trials": n_trials,
-                "s_per_trial": seconds / n_trials,
-                "sleep_s": sleeps,
-                "sleep_share_pct": 100 * sleeps / seconds,
+                "s_per_trial": seed_s / n_trials,
+                "sleep_share_pct": 100 * sleeps / seed_s,
+                "cures_s": cures_s,
+                "cures_over_seed": cures_s / seed_s,
             }
         )
     table = pd.DataFrame(rows)
@@ -90,11 +106,13 @@ def main() -> int:
         f"({len(table)} configurations)"
     )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    total_job = table["job_s"].sum()
+    total_job, seed, cures = (table[c].sum() for c in ("job_s", "seed_s", "cures_s"))
     print(
-        f"All experiments: {total_job:.1f} s in experiment jobs, "
-        f"{total_job / table['trials'].sum():.2f} s per trial, "
-        f"{100 * table['sleep_s'].sum() / total_job:.1f}% in the designed sleeps"
+        f"All experiments: {total_job:.1f} s in experiment jobs: the seed's hit and miss "
+        f"{seed:.1f} s ({seed / table['trials'].sum():.2f} s per trial, "
+        f"{100 * config['settle_ms'] / 1000 * 2 * table['trials'].sum() / seed:.1f}% in the "
+        f"designed sleeps), the cures {cures:.1f} s ({cures / seed:.2f} x the seed's part); "
+        f"the whole run takes {total_job / seed:.2f} x the seed's protocol alone"
     )
     return 0
 
