@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,16 @@ def engine(model_path: Path):
 @pytest.fixture()
 def tokenize(engine):
     return engine.tokenize
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A throwaway one-node SLURM cluster with one "GPU" for the module (about a second to
+    start once installed), skipped with the reason where it cannot be made."""
+    from slurm_cluster import SlurmUnavailable, throwaway_cluster
+
+    try:
+        with throwaway_cluster(tmp_path_factory.mktemp("cluster"), gpus=1) as running:
+            yield running
+    except SlurmUnavailable as exc:
+        pytest.skip(f"no throwaway SLURM cluster: {exc}")

@@ -31,7 +31,7 @@ from kvcache_exp.config.settings import merge
 from kvcache_exp.engines import managed_server
 from kvcache_exp.engines.base import EngineError
 from kvcache_exp.engines.managed_server import ManagedServer, ServerError, free_port
-from kvcache_exp.engines.openai_http import OpenAIHTTP, connect, start_llama_server
+from kvcache_exp.engines.openai_http import OpenAIHTTP, start_llama_server
 from kvcache_exp.measure import protocol
 from kvcache_exp.measure.experiment import IncompleteRunError, run_experiment
 from kvcache_exp.measure.prompts import build_prompts
@@ -277,7 +277,7 @@ def test_server_that_cannot_clear_its_cache_stops_the_run(tmp_path: Path, model_
 
 def test_an_error_answer_is_one_clear_message(model_path: Path) -> None:
     with ManagedServer(model_path, threads=THREADS, n_ctx=512) as srv:
-        engine = connect(srv.base_url)
+        engine = OpenAIHTTP(srv.base_url)
         call = engine.first_token([10**7])  # no such token
         with pytest.raises(EngineError) as caught:
             call.run()

@@ -18,7 +18,6 @@ the measurement:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -26,10 +25,8 @@ import pandas as pd
 import pytest
 from slurm_cluster import (
     Cluster,
-    SlurmUnavailable,
     overlapping_pairs,
     slurm_profile,
-    throwaway_cluster,
 )
 from workflow_copy import copy_workflow, write_config
 
@@ -46,15 +43,6 @@ CONFIG = {
     "experiment_mem_mb": MEM_MB,
 }
 RUN_TIMEOUT_S = 900
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    try:
-        with throwaway_cluster(tmp_path_factory.mktemp("cluster"), gpus=1) as running:
-            yield running
-    except SlurmUnavailable as exc:
-        pytest.skip(f"no throwaway SLURM cluster: {exc}")
 
 
 def _workflow(tmp: Path, cluster: Cluster, model_path: Path) -> tuple[Path, Path]:

@@ -14,16 +14,13 @@ waits until it sees another job running (both run now: they overlap) or one alre
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from slurm_cluster import (
     Cluster,
-    SlurmUnavailable,
     overlapping_pairs,
     slurm_profile,
-    throwaway_cluster,
 )
 
 pytestmark = pytest.mark.slurm
@@ -72,16 +69,6 @@ rule work:
             "end_unix": end,
         }))
 """.replace("N_JOBS", str(N_JOBS))
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One throwaway cluster for the module (starting one takes about a second)."""
-    try:
-        with throwaway_cluster(tmp_path_factory.mktemp("cluster"), gpus=1) as running:
-            yield running
-    except SlurmUnavailable as exc:
-        pytest.skip(f"no throwaway SLURM cluster: {exc}")
 
 
 def _run(cluster: Cluster, workdir: Path, *extra: str, wait_s: float) -> list[dict]:

@@ -736,23 +736,3 @@ def start_llama_server(
     except BaseException:
         server.stop(keep_files=True)
         raise
-
-
-def connect(
-    base_url: str,
-    *,
-    model: str | None = None,
-    api: str = "llama_server",
-    cache_clear: str | Mapping[str, Any] = "llama_server",
-    request_timeout_s: float = 600.0,
-    startup_timeout_s: float = 120.0,
-) -> OpenAIHTTP:
-    """The engine for a server someone else started (left running on ``close``)."""
-    return OpenAIHTTP(
-        base_url,
-        model=model,
-        api=api,
-        cache_clear=cache_clear,
-        request_timeout_s=request_timeout_s,
-        startup_timeout_s=startup_timeout_s,
-    )

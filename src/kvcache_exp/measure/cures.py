@@ -245,12 +245,7 @@ def run_cures(
                     "recompute_share": cure.recompute_share,
                     "recompute_tokens": recompute_tokens(cure.recompute_share, sizes["size_b"]),
                     "tokens_expected": expected,
-                    "ttft_ms": measured.wall_ms,
-                    "prefill_tokens": measured.prefill_tokens,
-                    "prefill_ms": measured.prefill_ms,
-                    "decode_tokens": measured.decode_tokens,
-                    "decode_ms": measured.decode_ms,
-                    "overhead_ms": measured.overhead_ms,
+                    **measured.timing_columns(),
                     "restored_pos_max": restored,
                     "cache_verified": note == "",
                     "cache_note": note,
@@ -269,4 +264,3 @@ def run_cures(
             )
     engine.clear()
     return pd.DataFrame(rows, columns=list(CURE_COLUMNS))
-

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +62,7 @@ def load_engine(model_path: Path, settings: ExperimentSettings) -> Engine:
     :class:`EngineError` with its reason before anything is measured.
     """
     engine_settings = EngineSettings(
-        n_ctx=settings.n_ctx,
-        n_batch=settings.n_batch,
-        n_threads=settings.n_threads,
-        n_gpu_layers=settings.n_gpu_layers,
-        seed=settings.seed,
-        flash_attn=settings.flash_attn,
-        cache_type_k=settings.cache_type_k,
-        cache_type_v=settings.cache_type_v,
+        **{f.name: getattr(settings, f.name) for f in fields(EngineSettings)}
     )
     if settings.engine == "llama_server":
         log.info("starting llama-server for %s", model_path)
@@ -84,7 +77,7 @@ def load_engine(model_path: Path, settings: ExperimentSettings) -> Engine:
         if not server.base_url:
             raise EngineError("engine openai_http needs server.base_url")
         log.info("connecting to the server at %s", server.base_url)
-        return openai_http.connect(
+        return openai_http.OpenAIHTTP(
             server.base_url,
             model=server.model,
             api=server.api,

@@ -68,6 +68,17 @@ class CallMeasurement:
         """Wall time not spent inside the engine's evaluation (sampling, Python, ctypes)."""
         return self.wall_ms - self.prefill_ms - self.decode_ms
 
+    def timing_columns(self) -> dict[str, float | int]:
+        """The cures CSV's timing columns: the TTFT and how the engine spent it."""
+        return {
+            "ttft_ms": self.wall_ms,
+            "prefill_tokens": self.prefill_tokens,
+            "prefill_ms": self.prefill_ms,
+            "decode_tokens": self.decode_tokens,
+            "decode_ms": self.decode_ms,
+            "overhead_ms": self.overhead_ms,
+        }
+
 
 @dataclass(frozen=True)
 class TrialMeasurement:

@@ -212,12 +212,7 @@ def run_server_cures(
                     "recompute_share": share,
                     "recompute_tokens": 0,
                     "tokens_expected": expected,
-                    "ttft_ms": measured.wall_ms,
-                    "prefill_tokens": measured.prefill_tokens,
-                    "prefill_ms": measured.prefill_ms,
-                    "decode_tokens": measured.decode_tokens,
-                    "decode_ms": measured.decode_ms,
-                    "overhead_ms": measured.overhead_ms,
+                    **measured.timing_columns(),
                     "restored_pos_max": (warm.result.cached_tokens or 0) + warm.eval_tokens - 1,
                     "cache_verified": note == "",
                     "cache_note": note,
@@ -236,4 +231,3 @@ def run_server_cures(
             )
     engine.clear()
     return pd.DataFrame(rows, columns=list(CURE_COLUMNS))
-
