@@ -208,18 +208,42 @@ def test_ttft_is_one_sampled_token_even_when_it_is_a_partial_utf8_character(tmp_
     assert "\ufffd" in sample.loc[sample.prompt_name == "hit", "sample_output"].item()
 
 
+NON_LATIN = (
+    "Кэш ключей и значений хранит состояние каждого токена, и когда начало запроса "
+    "меняется, модель должна пересчитать всё заново. 缓存保存了每个词元的键和值，"
+    "当提示的开头改变时，模型必须重新计算。 Emoji 🙂🚀 stay too. "
+) * 40
+
+
+def test_non_latin_text_runs_on_the_real_model(tmp_path, model_path):
+    """One configuration, cures included, on the embedded model with Russian, Chinese and
+    emoji text: every trial and cure is verified, each TTFT call sampled one token, and no
+    generation went past max_tokens (byte-level BPE splits these characters across tokens,
+    which made create_completion's "1-token" calls decode more)."""
+    path = tmp_path / "story.txt"
+    path.write_text(NON_LATIN, encoding="utf-8")
+    settings = _settings(prompt_text_file=str(path), max_tokens=8, recompute_shares=[0.25])
+    results, prompts = tmp_path / "r.csv", tmp_path / "p.csv"
+    cures = tmp_path / "cures.csv"
+    experiment.run_experiment(model_path, settings, results, prompts, cures_csv=cures)
+    df = pd.read_csv(results)
+    assert len(df) == 4 and df["cache_verified"].all()
+    assert (df["ttft_decode_tokens"] == 0).all()
+    assert (df["completion_tokens"] <= 8).all()
+    sample = pd.read_csv(prompts, keep_default_na=False)
+    assert any("\u0400" <= ch <= "\u04ff" for ch in "".join(sample["prompt_text"]))
+    found = pd.read_csv(cures)
+    assert found["cache_verified"].all()
+    assert set(found["cure"]) >= {"hit", "miss", "shift", "shift_recompute_0.25"}
+
+
 def test_non_latin_prompt_text_gives_exact_prompts(tmp_path, engine):
     """Text in other scripts (Russian, Chinese, emoji) on the real model: every prompt is
     still exactly the configured number of tokens, and its text tokenizes back to them."""
     from kvcache_exp.measure.prompts import read_source_text
 
-    text = (
-        "Кэш ключей и значений хранит состояние каждого токена, и когда начало запроса "
-        "меняется, модель должна пересчитать всё заново. 缓存保存了每个词元的键和值，"
-        "当提示的开头改变时，模型必须重新计算。 Emoji 🙂🚀 stay too. "
-    ) * 40
     path = tmp_path / "story.txt"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(NON_LATIN, encoding="utf-8")
     p = build_prompts(engine.tokenize, 96, 64, 16, source_text=read_source_text(path))
     assert (len(p.a.tokens), len(p.b.tokens), len(p.q.tokens)) == (96, 64, 16)
     for name in ("warmup", "hit", "miss"):
