@@ -141,13 +141,15 @@ def test_quality_metrics_match_hand_computation():
     assert got.top1_agreement == pytest.approx(2 / 3)  # the middle row's argmax differs
     dp = [0.6 - 0.7, 0.2 - 0.5, 0.8 - 0.8]
     assert got.rms_dp == pytest.approx(np.sqrt(np.mean(np.square(dp))))
-    # continuation rows are the last two; the first of them predicts token 1, not 0
+    # continuation rows are the last two; in the first of them the cure's argmax differs
     assert got.first_divergence == 0
     assert got.positions == 3
 
 
 def test_quality_without_divergence_counts_every_continuation_position():
+    """The same distributions never diverge, even where the reference's generated token is
+    not its batch argmax (generation decodes one token at a time, which rounds apart)."""
     logp = np.log(np.array([[0.9, 0.1], [0.2, 0.8]]))
-    got = quality.compare(logp, logp, np.array([0, 1]), n_continuation=2)
+    got = quality.compare(logp, logp, np.array([1, 1]), n_continuation=2)
     assert (got.kl_mean, got.top1_agreement, got.rms_dp) == (0.0, 1.0, 0.0)
     assert got.first_divergence == 2
