@@ -138,7 +138,7 @@ def report_pages():
 
 PACKAGE = Path(workflow.basedir) / "src" / "kvcache_exp"
 #: The package's code that each kind of job runs. It is an input of those jobs, so that
-#: editing it reruns them.
+#: editing it reruns them (tests/test_lint.py checks that it covers what the scripts import).
 CODE = {
     "experiment": [
         "measure/*.py",
@@ -150,17 +150,20 @@ CODE = {
     "summary": [
         "analysis/*.py",
         "report/summary.py",
+        "report/cures.py",
         "report/document.py",
         "report/pages.py",
+        "provenance.py",
     ],
     "plot": ["analysis/load.py", "analysis/stats.py", "report/plotting.py"],
+    "plot_cures": ["analysis/*.py", "report/cures_plot.py", "report/plotting.py"],
 }
 
 
 def code(kind):
     """The source files of the package that a rule of ``kind`` depends on."""
     found = {p for pattern in CODE[kind] for p in PACKAGE.glob(pattern) if p.is_file()}
-    found |= {PACKAGE / "columns.py", PACKAGE / "outputs.py"}
+    found |= {PACKAGE / "__init__.py", PACKAGE / "columns.py", PACKAGE / "outputs.py"}
     return sorted(str(p) for p in found)
 
 

@@ -71,7 +71,7 @@ rule plot:
 rule plot_cures:
     input:
         cures=cures_csvs(),
-        code=code("plot"),
+        code=code("plot_cures"),
     output:
         png=report(
             "plots/cures_cost_quality.png",
