@@ -23,8 +23,9 @@ CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 LLAMA_CPP_PYTHON_VERSION := $(shell grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | cut -d= -f3)
 LLAMA_NPROC := $(shell nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
-# pip of the project's environment when there is one, else the system's: only `pip download`.
-LLAMA_PIP_PYTHON := $(firstword $(wildcard $(VENV)/bin/python) $(PYTHON))
+# pip of the project's environment when there is one (looked up when used, after `make`
+# may have made it), else the system's: only `pip download`.
+LLAMA_PIP_PYTHON = $(firstword $(wildcard $(VENV)/bin/python) $(PYTHON))
 
 # Fixed flags first, so that CMAKE_ARGS can override any of them. Why each one:
 #   Release                 optimised like llama-cpp-python's own build (scikit-build-core)
