@@ -12,7 +12,8 @@ import pytest
 from workflow_copy import run_cli
 
 from kvcache_exp.config.settings import merge
-from kvcache_exp.measure import experiment
+from kvcache_exp.engines.base import CallResult
+from kvcache_exp.measure import experiment, protocol
 from kvcache_exp.measure.prompts import PromptSet, build_prompts
 
 
@@ -249,3 +250,27 @@ def test_non_latin_prompt_text_gives_exact_prompts(tmp_path, engine):
     for name in ("warmup", "hit", "miss"):
         assert engine.tokenize(p.text(name)) == p.tokens(name)
     assert any("\u4e00" <= ch <= "\u9fff" for ch in p.text("hit"))
+
+
+def _trial(cleared: int | None, warm_cached: int | None) -> protocol.TrialMeasurement:
+    """A trial whose counts match a hit of 4 tokens after a 10-token warm-up (6 generated)."""
+    warm = CallResult([1] * 6, "length", 10, 5.0, 5, 5.0, cached_tokens=warm_cached)
+    ttft = CallResult([1], "length", 4, 1.0, 0, 0.0, cached_tokens=None)
+    gen = CallResult([1] * 4, "length", 4, 1.0, 3, 3.0, cached_tokens=None)
+    calls = [protocol.CallMeasurement(10.0, r) for r in (warm, ttft, gen)]
+    return protocol.TrialMeasurement(cleared, *calls)
+
+
+@pytest.mark.parametrize(
+    ("cleared", "warm_cached", "verified"),
+    [
+        (-1, None, True),  # in-process: llama.cpp's positions prove the cache empty
+        (None, 0, True),  # a server: its warm-up reused nothing
+        (None, 7, False),  # a server that kept a prefix
+        (None, None, False),  # a server that says neither: nothing proves it empty
+        (12, None, False),  # the cache still held positions after clearing
+    ],
+)
+def test_an_empty_cache_must_be_shown_not_assumed(cleared, warm_cached, verified):
+    note = experiment.check_trial(_trial(cleared, warm_cached), 4, 10, 4)
+    assert (note == "") == verified, note

@@ -100,7 +100,8 @@ def test_workflow_through_the_server_verifies_every_trial(workflow_run) -> None:
         assert len(df) == 2 * config["trials"]
         # cache_verified includes the server's reused-token count (hit: S+A+B, miss: S).
         assert df["cache_verified"].all(), df["cache_note"].dropna().tolist()
-        assert set(df["cleared_pos_max"]) == {-1}
+        # A server shows no cache positions; the warm-up's reused count proves it empty.
+        assert df["cleared_pos_max"].isna().all()
         hit, miss = df[df.condition == "hit"], df[df.condition == "miss"]
         assert set(hit["ttft_prefill_tokens"]) == {QUERY}  # the server's prompt_n
         assert set(miss["ttft_prefill_tokens"]) == {b + QUERY}

@@ -65,8 +65,10 @@ class Engine(Protocol):
     def detokenize(self, tokens: list[int]) -> str:
         """The text of ``tokens`` (invalid UTF-8 replaced)."""
 
-    def clear(self) -> int:
-        """Empty the prompt cache; return the cache's highest position after (-1: empty)."""
+    def clear(self) -> int | None:
+        """Empty the prompt cache; return the cache's highest position after (-1: empty),
+        or None when the engine cannot see its cache (a server: the next call's reused
+        token count is then the proof)."""
 
     def first_token(self, tokens: list[int]) -> PreparedCall:
         """Evaluate what of ``tokens`` is not cached and sample exactly one token."""

@@ -459,8 +459,10 @@ class OpenAIHTTP:
                     return answer[key]
         raise self.failure("POST /detokenize", answer=(200, answer))
 
-    def clear(self) -> int:
-        """Empty the server's prefix cache with its own request; -1 when it did."""
+    def clear(self) -> None:
+        """Empty the server's prefix cache with its own request. A server shows no cache
+        positions, so this returns None: the warm-up's reused token count (0 expected) is
+        what proves the cache empty."""
         how = self.clearing
         status, answer = self.request(how.method, how.path, {} if how.method != "GET" else None)
         if not 200 <= status < 300:
@@ -473,7 +475,6 @@ class OpenAIHTTP:
                 f"{status}: {_short(answer)}. Measuring on would time warm caches as cold "
                 f"ones, so the run stops here: {hint}"
             )
-        return -1
 
     def _body(self, tokens: list[int], max_tokens: int, n_cache_reuse: int) -> dict[str, Any]:
         """The streamed, greedy request for ``tokens``; llama-server's own fields (slot,

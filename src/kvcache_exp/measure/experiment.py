@@ -141,7 +141,8 @@ def check_trial(
 ) -> str:
     """Why a trial's counts contradict the design, or '' when they agree.
 
-    Checked: the cache was empty after clearing (its highest position is -1), the
+    Checked: the cache was empty after clearing (its highest position is -1, or, where
+    the engine cannot show it, the warm-up reused no cached token), the
     warm-up evaluated all of ``[A, B]`` and its generated tokens, the TTFT call
     evaluated exactly the tokens the condition must recompute and sampled exactly one
     token, and the generation produced at most ``max_tokens`` tokens. Where the engine
@@ -150,13 +151,18 @@ def check_trial(
     from elsewhere (llama-server's host-memory cache) is caught here.
     """
     notes = []
-    if trial.cleared_pos_max != -1:
+    if trial.cleared_pos_max not in (None, -1):
         notes.append(
             f"the cache was not empty after clearing (highest position {trial.cleared_pos_max})"
         )
     warm_cached = trial.warmup.result.cached_tokens
     if warm_cached not in (None, 0):
         notes.append(f"the warm-up reused {warm_cached} cached tokens after clearing, expected 0")
+    if trial.cleared_pos_max is None and warm_cached is None:
+        notes.append(
+            "nothing shows the cache was empty: the engine reports neither its "
+            "positions nor the warm-up's reused tokens"
+        )
     ttft_cached = trial.ttft.result.cached_tokens
     if expected_cached is not None and ttft_cached is not None and ttft_cached != expected_cached:
         notes.append(f"TTFT call reused {ttft_cached} cached tokens, expected {expected_cached}")

@@ -84,7 +84,7 @@ class CallMeasurement:
 class TrialMeasurement:
     """The three measured calls of one trial, and the cache's state after clearing."""
 
-    cleared_pos_max: int
+    cleared_pos_max: int | None  # None: the engine cannot see its cache's positions
     warmup: CallMeasurement
     ttft: CallMeasurement
     generation: CallMeasurement

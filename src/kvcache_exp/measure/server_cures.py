@@ -196,7 +196,7 @@ def run_server_cures(
             call = engine.first_token(prompt, n_cache_reuse=reuse)
             measured = protocol.timed(call)
             note = _check(measured, expected, cached, warm, warm_expected, len(prompt))
-            if cleared != -1:
+            if cleared not in (None, -1):
                 note = "; ".join(filter(None, [f"clearing left position {cleared}", note]))
             found = (
                 quality.NAN_QUALITY
