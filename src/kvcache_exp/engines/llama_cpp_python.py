@@ -352,19 +352,22 @@ class LlamaCppPython:
 
     # -- snapshots and teacher forcing (untimed helpers of the cures) ---------------
 
-    def snapshot(self) -> tuple[bytes, list[int]]:
-        """The sequence's cache state and what it holds, to restore it for another trial."""
+    def snapshot(self) -> tuple[ctypes.Array, int, list[int]]:
+        """The sequence's cache state and what it holds, to restore it for another trial.
+
+        The state stays in the ctypes buffer llama.cpp wrote it into: copying it out
+        through Python's bytes costs seconds and a list of every byte on a large model.
+        """
         size = llama_cpp.llama_state_seq_get_size(self.ctx, 0)
         buf = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, 0)
-        return bytes(buf[:written]), list(self.cached)
+        return buf, written, list(self.cached)
 
-    def restore(self, snapshot: tuple[bytes, list[int]]) -> int:
+    def restore(self, snapshot: tuple[ctypes.Array, int, list[int]]) -> int:
         """Put back a :meth:`snapshot`; return the cache's highest position after."""
-        data, cached = snapshot
+        buf, written, cached = snapshot
         self.clear()
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, len(data), 0) != len(data):
+        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, written, 0) != written:
             raise EngineError("llama_state_seq_set_data could not restore the snapshot")
         self._set_cached(cached)
         self._logits_live = False
