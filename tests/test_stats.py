@@ -239,3 +239,10 @@ def test_holm_sidak_hand_computed():
     assert stats.holm_sidak([0.01, 0.04, 0.03]) == pytest.approx([first, second, second])
     adjusted = stats.holm_sidak([math.nan, 0.01, 1.0])
     assert math.isnan(adjusted[0]) and adjusted[1:] == pytest.approx([1 - 0.99**2, 1.0])
+
+
+def test_a_zero_hit_median_gives_an_undefined_interval_not_a_crash():
+    """E.g. a decode rate of 0 tok/s: the ratio and degradation are not finite."""
+    for ci in (stats.degradation_ci, stats.ratio_ci):
+        got = ci([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
+        assert math.isinf(got.estimate) and math.isnan(got.low) and math.isnan(got.high)

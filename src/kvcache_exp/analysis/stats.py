@@ -146,14 +146,14 @@ def degradation_pct(hit: ArrayLike, miss: ArrayLike) -> float:
 
 def _degradation(hit_median: float | np.ndarray, miss_median: float | np.ndarray):
     """Degradation from medians; works elementwise on arrays of bootstrap medians."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (miss_median - hit_median) / hit_median * 100.0
+    with np.errstate(divide="ignore", invalid="ignore"):  # np.divide: a zero hit gives inf
+        return np.divide(miss_median - hit_median, hit_median) * 100.0
 
 
 def _ratio(hit_median: float | np.ndarray, miss_median: float | np.ndarray):
     """miss / hit from medians; works elementwise on arrays of bootstrap medians."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return miss_median / hit_median
+        return np.divide(miss_median, hit_median)
 
 
 def _two_sample_ci(
