@@ -274,3 +274,30 @@ def _trial(cleared: int | None, warm_cached: int | None) -> protocol.TrialMeasur
 def test_an_empty_cache_must_be_shown_not_assumed(cleared, warm_cached, verified):
     note = experiment.check_trial(_trial(cleared, warm_cached), 4, 10, 4)
     assert (note == "") == verified, note
+
+
+def test_an_engine_failure_during_the_cures_keeps_the_measured_cure_rows(
+    tmp_path, model_path, monkeypatch
+):
+    """llama.cpp refusing a snapshot half-way through the cures: the trials and the cure
+    rows measured before it are kept under incomplete/, and nothing is written in place."""
+    from kvcache_exp.engines.base import EngineError
+    from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
+
+    restore, calls = LlamaCppPython.restore, []
+
+    def failing_restore(self, snapshot):
+        calls.append(1)
+        if len(calls) == 4:  # the fourth cure of the first trial
+            raise EngineError("llama_state_seq_set_data could not restore the snapshot")
+        return restore(self, snapshot)
+
+    monkeypatch.setattr(LlamaCppPython, "restore", failing_restore)
+    results, prompts = tmp_path / "r.csv", tmp_path / "p.csv"
+    cures = tmp_path / "cures.csv"
+    with pytest.raises(experiment.IncompleteRunError, match="4 cure rows"):
+        experiment.run_experiment(model_path, _settings(), results, prompts, cures_csv=cures)
+    kept = pd.read_csv(tmp_path / "incomplete" / cures.name)
+    assert list(kept["cure"])[0] == "noise_floor" and len(kept) == 4
+    assert len(pd.read_csv(tmp_path / "incomplete" / results.name)) == 4
+    assert not cures.exists() and not results.exists()

@@ -191,9 +191,13 @@ def run_cures(
     settle_s: float,
     recompute_shares: list[float],
     quality_tokens: int,
+    rows: list[dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Every cure, ``trials`` times each, from the same warmed cache; one row per trial and
-    cure, plus one ``noise_floor`` row (trial 0) for the quality comparison itself."""
+    cure, plus one ``noise_floor`` row (trial 0) for the quality comparison itself. Rows
+    are appended to ``rows`` as they are measured, so that a caller keeps them when the
+    engine fails half-way."""
+    rows = [] if rows is None else rows
     correction = position_correction(engine)
     ref = reference(engine, prompts, quality_tokens)
     floor = noise_floor(engine, prompts, ref)
@@ -210,7 +214,7 @@ def run_cures(
         "size_q": len(prompts.q.tokens),
         "position_correction": correction,
     }
-    rows: list[dict[str, Any]] = [
+    rows.append(
         {
             "trial": 0,
             "cure": "noise_floor",
@@ -220,7 +224,7 @@ def run_cures(
             "cache_note": "",
             **floor.as_columns(),
         }
-    ]
+    )
     plan = cures(recompute_shares)
     for trial in range(1, trials + 1):
         # Rotate the order so that no cure always follows the same one.

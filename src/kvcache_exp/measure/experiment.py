@@ -344,6 +344,7 @@ def measure_cures(
             settle_s=settings.settle_ms / 1000.0,
             recompute_shares=list(settings.recompute_shares),
             quality_tokens=settings.quality_tokens,
+            rows=rows,
         )
     if not isinstance(engine, OpenAIHTTP):
         raise EngineError(f"no cures are defined for the {engine.name} engine")
@@ -398,7 +399,7 @@ def keep_incomplete(
         f"the {engine_name} engine failed mid-experiment: {error}\n"
         f"{len(partial.results)} trials and {len(partial.cures)} cure rows measured before the "
         f"failure were kept in {side} ({', '.join(p.name for p in written)}); nothing was "
-        f"written to {results_csv}. Fix the server and run again: the experiment is "
+        f"written to {results_csv}. Fix the cause and run again: the experiment is "
         "measured anew."
     )
 
