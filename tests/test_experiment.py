@@ -252,11 +252,14 @@ def test_non_latin_prompt_text_gives_exact_prompts(tmp_path, engine):
     assert any("\u4e00" <= ch <= "\u9fff" for ch in p.text("hit"))
 
 
-def _trial(cleared: int | None, warm_cached: int | None) -> protocol.TrialMeasurement:
-    """A trial whose counts match a hit of 4 tokens after a 10-token warm-up (6 generated)."""
+def _trial(
+    cleared: int | None, warm_cached: int | None, gen_prompt: int = 0
+) -> protocol.TrialMeasurement:
+    """A trial whose counts match a hit of 4 tokens after a 10-token warm-up (6 generated),
+    then a 4-token generation that evaluated ``gen_prompt`` of its prompt's tokens."""
     warm = CallResult([1] * 6, "length", 10, 5.0, 5, 5.0, cached_tokens=warm_cached)
     ttft = CallResult([1], "length", 4, 1.0, 0, 0.0, cached_tokens=None)
-    gen = CallResult([1] * 4, "length", 4, 1.0, 3, 3.0, cached_tokens=None)
+    gen = CallResult([1] * 4, "length", gen_prompt, 1.0, 3, 3.0, cached_tokens=None)
     calls = [protocol.CallMeasurement(10.0, r) for r in (warm, ttft, gen)]
     return protocol.TrialMeasurement(cleared, *calls)
 
@@ -301,3 +304,11 @@ def test_an_engine_failure_during_the_cures_keeps_the_measured_cure_rows(
     assert list(kept["cure"])[0] == "noise_floor" and len(kept) == 4
     assert len(pd.read_csv(tmp_path / "incomplete" / results.name)) == 4
     assert not cures.exists() and not results.exists()
+
+
+@pytest.mark.parametrize(("gen_prompt", "verified"), [(0, True), (1, True), (2, False)])
+def test_the_generation_must_reuse_the_cached_prompt(gen_prompt, verified):
+    """total_time_ms times a generation from the prompt the TTFT call cached: at most its
+    last token may be evaluated again, or the total would include a prefill."""
+    note = experiment.check_trial(_trial(-1, None, gen_prompt), 4, 10, 4)
+    assert (note == "") == verified, note

@@ -145,7 +145,8 @@ def check_trial(
     the engine cannot show it, the warm-up reused no cached token), the
     warm-up evaluated all of ``[A, B]`` and its generated tokens, the TTFT call
     evaluated exactly the tokens the condition must recompute and sampled exactly one
-    token, and the generation produced at most ``max_tokens`` tokens. Where the engine
+    token, and the generation reused the cached prompt and produced at most ``max_tokens``
+    tokens. Where the engine
     says how many prompt tokens it reused (a server always does), the warm-up must have
     reused none and the TTFT call ``expected_cached``: a server that restored a prefix
     from elsewhere (llama-server's host-memory cache) is caught here.
@@ -181,6 +182,14 @@ def check_trial(
         notes.append(
             f"generation produced {trial.generation.completion_tokens} tokens, more than "
             f"max_tokens={max_tokens}"
+        )
+    # The generation repeats the TTFT call's prompt, which the cache now holds: it may
+    # evaluate the last prompt token again for its logits (a server does), never more.
+    reevaluated = trial.generation.eval_tokens - evaluated_by_generation(0, trial.generation)
+    if reevaluated > 1:
+        notes.append(
+            f"generation evaluated {reevaluated} of its prompt's tokens again, expected at "
+            "most 1 (the prompt was cached by the TTFT call)"
         )
     return "; ".join(notes)
 
