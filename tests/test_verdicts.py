@@ -185,6 +185,17 @@ def test_miss_linear_rejects_a_quadratic_and_a_fall():
     assert falling.evidence["slope_ci_high"] < 0 and "does not grow" in falling.reason
 
 
+def test_miss_linear_a_detected_curve_is_not_supported_even_when_its_bow_is_small():
+    """TTFT proportional to the square of the tokens recomputed: over the seed's range the
+    parabola bows only 8% of the rise, inside the margin, but the repeats reject the line,
+    so the claim of a line is not supported (the bow is too small to call it NOT)."""
+    df = make_results(miss_ttft=lambda a, b, q: 1e-3 * (b + q) ** 2)
+    verdict = _found(df)["miss_linear"]
+    assert verdict.evidence["lack_of_fit_p"] < 0.05
+    assert 0 < verdict.evidence["bow_share_ci_low"] < vd.MISS_LINEAR_MAX_BOW
+    assert verdict.status == UNDETERMINED and "does not fit" in verdict.reason
+
+
 def test_miss_linear_noise_alone_is_not_rejected():
     # A straight line under 35% noise: R² falls below 0.9 (the old rule said NOT
     # SUPPORTED); the bow's interval is simply too wide to decide.

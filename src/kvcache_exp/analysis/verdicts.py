@@ -436,8 +436,9 @@ def _verdict_miss_linear(configs: list[_Config], *, n_resamples: int, seed: int)
     """Claim 2: a rising line, with a bounded bow and no lack of fit beyond the repeats."""
     margin = MISS_LINEAR_MAX_BOW
     rule = (
-        f"Rule: supported when the slope's {CONFIDENCE:.0%} CI lies above 0 and the bow's "
-        f"CI lies within ±{margin:.0%} of the rise; not supported when the slope's CI lies "
+        f"Rule: supported when the slope's {CONFIDENCE:.0%} CI lies above 0, the bow's CI "
+        f"lies within ±{margin:.0%} of the rise and the line is not rejected; not supported "
+        f"when the slope's CI lies "
         f"at or below 0, or when the line is rejected (lack-of-fit p < {ALPHA:g}, or the "
         f"bow's CI excludes 0) and the bow is at least {margin:.0%}; otherwise undetermined."
     )
@@ -481,12 +482,21 @@ def _verdict_miss_linear(configs: list[_Config], *, n_resamples: int, seed: int)
     elif not _finite(slope.low, share.low, share.high):
         status = UNDETERMINED
         why = "Undetermined: an interval is not defined (a configuration has under 2 trials)."
-    elif slope.low > 0 and -margin < share.low and share.high < margin:
+    elif slope.low > 0 and -margin < share.low and share.high < margin and not rejected:
         status = SUPPORTED
-        why = f"Supported: the slope is positive and the bow's CI lies within ±{margin:.0%}."
+        why = (
+            f"Supported: the slope is positive, the bow's CI lies within ±{margin:.0%} and "
+            "the line fits."
+        )
     elif curved:
         status = NOT_SUPPORTED
         why = f"Not supported: the line does not fit and the bow is at least {margin:.0%}."
+    elif rejected:
+        status = UNDETERMINED
+        why = (
+            f"Undetermined: the line does not fit, but the bow stays under {margin:.0%} of "
+            "the rise."
+        )
     else:
         status = UNDETERMINED
         why = f"Undetermined: the data neither bound the bow within ±{margin:.0%} nor show it."
