@@ -112,8 +112,8 @@ def _quality(kl: float, top1: float) -> dict[str, float]:
 def _no_quality() -> dict[str, float]:
     nan = math.nan
     return {"kl_mean": nan, "kl_p99": nan, "top1_agreement": nan, "rms_dp": nan} | {
-        "first_divergence": -1,
-        "quality_positions": 0,
+        "first_divergence": math.nan,
+        "quality_positions": math.nan,
     }
 
 

@@ -278,20 +278,9 @@ def _column(rows: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def _quality(rows: pd.DataFrame) -> dict[str, float]:
-    """The median of each quality figure over ``rows`` (NaN where none is defined).
-
-    The producer writes first_divergence -1 and no positions where there is no quality
-    (the hit), so those count as missing rather than as numbers.
-    """
-    found: dict[str, float] = {}
-    for name in QUALITY_COLUMNS:
-        values = _column(rows, name)
-        if name == "first_divergence":
-            values = np.where(values >= 0, values, math.nan)
-        elif name == "quality_positions":
-            values = np.where(values > 0, values, math.nan)
-        found[name] = stats.median(values)
-    return found
+    """The median of each quality figure over ``rows`` (NaN where none is defined: the
+    producer leaves the hit's figures empty)."""
+    return {name: stats.median(_column(rows, name)) for name in QUALITY_COLUMNS}
 
 
 def _recovered(*samples: np.ndarray, axis: int = -1) -> np.ndarray:

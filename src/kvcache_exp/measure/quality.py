@@ -34,8 +34,8 @@ class Quality:
     kl_p99: float
     top1_agreement: float
     rms_dp: float
-    first_divergence: int
-    positions: int
+    first_divergence: int | float  # NaN: no comparison
+    positions: int | float
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -47,7 +47,8 @@ class Quality:
         return columns
 
 
-NAN_QUALITY = Quality(math.nan, math.nan, math.nan, math.nan, -1, 0)
+#: No comparison (the hit, which has nothing to compare): every figure empty, none made up.
+NAN_QUALITY = Quality(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
 
 
 def kl_divergence(ref_logp: np.ndarray, cure_logp: np.ndarray) -> np.ndarray:
