@@ -19,13 +19,10 @@ include: "workflow/rules/report.smk"
 rule all:
     default_target: True
     input:
-        results_csvs(),
-        prompts_csvs(),
-        "results/summary.csv",
-        "results/summary.md",
-        "plots/experiment1_all_configs_phase3b.png",
-        "plots/ttft_vs_tokens_recomputed.png",
-        "plots/throughput.png",
-        "plots/cures_cost_quality.png",
-        "results/run_metadata.json",
+        per_configuration("results_csv"),
+        per_configuration("prompts_csv"),
+        LAYOUT.summary_csv,
+        LAYOUT.summary_md,
+        LAYOUT.plots_all,
+        LAYOUT.run_metadata,
         report_pages(),

@@ -4,10 +4,10 @@ and the rules' code inputs against what their scripts import."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -34,7 +34,8 @@ def test_clean(cmd):
 
 
 def _package_imports(path: Path, seen: set[Path]) -> set[Path]:
-    """The package's source files that ``path`` imports, directly or through others."""
+    """The package's source files that ``path`` imports, directly or through others
+    (an independent walk, to check the package's own)."""
     package = REPO / "src"
     for node in ast.walk(ast.parse(path.read_text())):
         names = []
@@ -51,34 +52,41 @@ def _package_imports(path: Path, seen: set[Path]) -> set[Path]:
     return seen
 
 
-def _has_code(path: Path) -> bool:
-    """Whether a module holds more than its docstring."""
-    body = ast.parse(path.read_text()).body
-    return any(not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)) for n in body)
+def _rules() -> dict[str, str]:
+    """{rule name: its text} of every rule in workflow/rules/*.smk."""
+    found = {}
+    for smk in (REPO / "workflow/rules").glob("*.smk"):
+        for match in re.finditer(r"(?ms)^rule (\w+):\n(.*?)(?=^\S|\Z)", smk.read_text()):
+            found[match.group(1)] = match.group(2)
+    return found
 
 
-def _rule_code() -> dict[str, set[Path]]:
-    """common.smk's code() for each kind, run as the workflow runs it."""
-    text = (REPO / "workflow/rules/common.smk").read_text()
-    block = text[text.index("PACKAGE = ") : text.index("def experiment_inputs")]
-    namespace = {"Path": Path, "workflow": SimpleNamespace(basedir=str(REPO))}
-    exec(block, namespace)
-    return {kind: {Path(p) for p in namespace["code"](kind)} for kind in namespace["CODE"]}
+SCRIPTED = {name: body for name, body in _rules().items() if "script:" in body}
 
 
-@pytest.mark.parametrize(
-    ("kind", "script"),
-    [
-        ("experiment", "run_experiment.py"),
-        ("summary", "summarize.py"),
-        ("plot", "plot_results.py"),
-        ("plot_cures", "plot_cures.py"),
-    ],
-)
-def test_rules_rerun_when_any_code_they_run_changes(kind: str, script: str) -> None:
-    """Every package module a rule's script imports is among the rule's code inputs, so
-    that editing it reruns the rule (the subpackages' docstring-only __init__ files aside)."""
-    needed = _package_imports(REPO / "workflow/scripts" / script, set())
-    needed = {p for p in needed if p.name != "__init__.py" or _has_code(p)}
-    missing = needed - _rule_code()[kind]
+@pytest.mark.parametrize("rule", sorted(SCRIPTED))
+def test_every_rule_takes_the_code_its_script_runs_as_input(rule: str) -> None:
+    """Each scripted rule's code input is computed from its own script, so that editing
+    any module the script runs reruns the rule."""
+    body = SCRIPTED[rule]
+    unpacked = re.search(r"unpack\((\w+)\)", body)
+    if unpacked:  # the inputs come from a function of common.smk
+        common = (REPO / "workflow/rules/common.smk").read_text()
+        body += re.search(rf"(?ms)^def {unpacked.group(1)}\(.*?(?=^\S)", common).group(0)
+    script = re.search(r'script:\s*"\.\./scripts/([\w.]+)"', body)
+    code = re.search(r'code(?:=|": )code\("([\w.]+)"\)', body)
+    assert script, f"rule {rule}: no script"
+    assert code, f"rule {rule}: no code=code(...) input"
+    assert code.group(1) == script.group(1), f"rule {rule} takes another script's code"
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "workflow/scripts").glob("[!a]*.py")))
+def test_the_code_inputs_cover_every_module_a_script_imports(script: Path) -> None:
+    """The package's closure of a script's imports (the rules' code inputs) holds every
+    module an independent walk of the imports finds, and the script's adapter."""
+    from kvcache_exp.provenance import imported_files
+
+    found = set(imported_files(script))
+    missing = _package_imports(script, set()) - found
     assert not missing, sorted(str(p.relative_to(REPO)) for p in missing)
+    assert REPO / "workflow/scripts/adapter.py" in found

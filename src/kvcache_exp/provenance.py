@@ -9,6 +9,7 @@ effects of the cache.
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import hashlib
 import json
@@ -57,6 +58,69 @@ def package_sha256() -> str:
         digest.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def _module_files(name: str) -> list[Path]:
+    """The files that importing module ``name`` (``kvcache_exp.x.y``) executes: every
+    package's ``__init__.py`` on the way down, then the module itself (None found: [])."""
+    parts = name.split(".")[1:]
+    found = [PACKAGE_DIR / "__init__.py"]
+    for depth in range(1, len(parts) + 1):
+        base = PACKAGE_DIR.joinpath(*parts[:depth])
+        if (base / "__init__.py").is_file():
+            found.append(base / "__init__.py")
+        elif base.with_suffix(".py").is_file() and depth == len(parts):
+            found.append(base.with_suffix(".py"))
+        else:
+            return []
+    return found
+
+
+def _imports(path: Path) -> set[Path]:
+    """The files of what ``path`` imports anywhere (functions' deferred imports too: they
+    run): ``kvcache_exp`` modules, including the ``from package import module`` form,
+    and modules beside ``path`` (a workflow script's ``adapter``)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    found: set[Path] = set()
+    for name in names:
+        if name.split(".")[0] == "kvcache_exp":
+            found.update(_module_files(name))
+        elif (beside := path.with_name(f"{name}.py")).is_file() and beside != path:
+            found.add(beside)
+    return found
+
+
+def imported_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a script runs besides itself: every package module it imports, directly
+    or through other modules, each package's ``__init__.py``, the modules beside it that
+    it imports (a workflow script's adapter), and the data files beside the package's
+    modules (the configuration schema). Sorted.
+
+    The workflow makes these the rules' code inputs, so that editing any module a job
+    runs reruns that job and no other; computing them from the imports means no rule
+    can miss one.
+    """
+    seen: set[Path] = set()
+    pending = [Path(path)]
+    while pending:
+        for found in _imports(pending.pop()):
+            if found not in seen:
+                seen.add(found)
+                pending.append(found)
+    data = {
+        p
+        for f in seen
+        if PACKAGE_DIR in f.parents
+        for p in f.parent.iterdir()
+        if p.suffix == ".yaml" and p.is_file()
+    }
+    return sorted(seen | data)
 
 
 def _git(*args: str) -> str | None:
@@ -212,3 +276,17 @@ def gather(
         "pooling": pooling_problems(records),
         "config": config,
     }
+
+
+def write_run_metadata(
+    record_paths: list[str | os.PathLike[str]],
+    out_json: str | os.PathLike[str],
+    model_name: str,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Gather the experiments' records into ``run_metadata.json`` (:func:`gather`), the
+    file the rule and the command line both write; return what was written."""
+    records = {Path(p).stem: read_json(p) for p in record_paths}
+    data = gather(records, model_name, config)
+    write_json(out_json, data)
+    return data

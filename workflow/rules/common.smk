@@ -7,6 +7,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
+from kvcache_exp import paths as kv_paths  # noqa: E402
+from kvcache_exp import provenance as kv_provenance  # noqa: E402
 from kvcache_exp.config import schema as kv_schema  # noqa: E402
 from kvcache_exp.config import settings as kv_settings  # noqa: E402
 from kvcache_exp.models import catalog as kv_catalog  # noqa: E402
@@ -105,74 +107,46 @@ _check_config()
 EXPERIMENTS = kv_settings.expand_experiments(config)
 
 
-def experiment_labels():
-    """The seed's file tags, e.g. a512_b256, one per configured experiment."""
-    return [kv_settings.label(e["size_a"], e["size_b"]) for e in EXPERIMENTS]
+#: Where every output goes (kvcache_exp.paths names each file once), and the
+#: configuration's tag as wildcards, for the rules' patterns.
+LAYOUT = kv_paths.DEFAULT
+TAG = kv_paths.TAG_PATTERN
 
 
-def results_csvs():
-    return expand("results/results_phase3b_{label}.csv", label=experiment_labels())
+def configuration_tags():
+    """The seed's file tags, e.g. a512_b256, one per configuration."""
+    return [kv_paths.tag(e["size_a"], e["size_b"]) for e in EXPERIMENTS]
 
 
-def prompts_csvs():
-    return expand("prompts/prompts_phase3b_{label}.csv", label=experiment_labels())
-
-
-def cures_csvs():
-    return expand("results/cures_phase3b_{label}.csv", label=experiment_labels())
-
-
-def experiment_records():
-    """Each experiment job's provenance record, beside its CSVs."""
-    return expand("results/run_phase3b_{label}.json", label=experiment_labels())
+def per_configuration(name):
+    """One file per configuration: ``name`` is a method of kvcache_exp.paths.Layout."""
+    return [getattr(LAYOUT, name)(tag) for tag in configuration_tags()]
 
 
 def report_pages():
     """The report's HTML pages: summary, run, and one page of prompts per configuration."""
-    return [
-        "results/report/summary.html",
-        "results/report/run.html",
-        *expand("results/report/prompts_{label}.html", label=experiment_labels()),
-    ]
+    return [LAYOUT.summary_page, LAYOUT.run_page, *per_configuration("prompts_page")]
 
 
-PACKAGE = Path(workflow.basedir) / "src" / "kvcache_exp"
-#: The package's code that each kind of job runs. It is an input of those jobs, so that
-#: editing it reruns them (tests/test_lint.py checks that it covers what the scripts import).
-CODE = {
-    "experiment": [
-        "measure/*.py",
-        "engines/*.py",
-        "config/*",
-        "models/files.py",
-        "provenance.py",
-    ],
-    "summary": [
-        "analysis/*.py",
-        "report/summary.py",
-        "report/cures.py",
-        "report/document.py",
-        "report/pages.py",
-        "provenance.py",
-    ],
-    "plot": ["analysis/load.py", "analysis/stats.py", "report/plotting.py"],
-    "plot_cures": ["analysis/*.py", "report/cures_plot.py", "report/plotting.py"],
-}
+SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
 
 
-def code(kind):
-    """The source files of the package that a rule of ``kind`` depends on."""
-    found = {p for pattern in CODE[kind] for p in PACKAGE.glob(pattern) if p.is_file()}
-    found |= {PACKAGE / "__init__.py", PACKAGE / "columns.py", PACKAGE / "outputs.py"}
-    return sorted(str(p) for p in found)
+def code(script):
+    """The files a rule's script runs besides itself (the package modules it imports,
+    directly or not, and its adapter), computed from the imports: they are the rule's
+    code inputs, so that editing any of them reruns the rule, and no other."""
+    return [str(p) for p in kv_provenance.imported_files(SCRIPTS / script)]
 
 
 def experiment_inputs(wildcards):
     """The model (unless an external server holds it), the user's prompt text when there
     is one, and the code that measures."""
-    inputs = {"code": code("experiment")}
+    inputs = {"code": code("run_experiment.py")}
     if config["engine"] != "openai_http":
-        inputs["model"] = model_path()
+        # A model pinned by its sha256 is proven identical at parse time, so a refetch
+        # (after an edit of the fetching code) does not rerun the experiments.
+        pinned = MODEL_ENTRY is not None and MODEL_ENTRY.get("sha256")
+        inputs["model"] = ancient(model_path()) if pinned else model_path()
     if config.get("prompt_text_file"):
         inputs["prompt_text"] = config["prompt_text_file"]
     return inputs

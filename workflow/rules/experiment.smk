@@ -3,13 +3,13 @@ rule run_experiment:
         unpack(experiment_inputs),
     output:
         results=report(
-            "results/results_phase3b_a{size_a}_b{size_b}.csv",
+            LAYOUT.results_csv(TAG),
             caption="../report/results_csv.rst",
             category="Measurements",
             labels={"configuration": "A={size_a}, B={size_b}"},
         ),
         prompts=report(
-            "prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
+            LAYOUT.prompts_csv(TAG),
             caption="../report/prompts_csv.rst",
             category="Prompts",
             labels={
@@ -17,9 +17,9 @@ rule run_experiment:
                 "view": "CSV download (prompts_phase3b_a{size_a}_b{size_b}.csv)",
             },
         ),
-        record="results/run_phase3b_a{size_a}_b{size_b}.json",
+        record=LAYOUT.record_json(TAG),
         cures=report(
-            "results/cures_phase3b_a{size_a}_b{size_b}.csv",
+            LAYOUT.cures_csv(TAG),
             caption="../report/cures_csv.rst",
             category="Cures",
             labels={

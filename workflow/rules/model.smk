@@ -6,6 +6,8 @@ localrules:
 
 
 rule get_model:
+    input:
+        code=code("get_model.py"),
     output:
         model=f"{config['models_dir']}/{{model_file}}",
     log:
@@ -22,6 +24,8 @@ rule get_model:
 
 
 rule download_checkpoint:
+    input:
+        code=code("download_checkpoint.py"),
     output:
         checkpoint=directory(f"{config['models_dir']}/hf/{{repo_slug}}/{{revision}}"),
     log:
@@ -38,6 +42,7 @@ rule download_checkpoint:
 rule convert_gpt2:
     input:
         checkpoint=checkpoint_input,
+        code=code("convert_gpt2.py"),
     output:
         model=f"{config['models_dir']}/{{model_file}}",
     log:

@@ -1,9 +1,10 @@
 rule report_prompts:
     input:
-        csv="prompts/prompts_phase3b_a{size_a}_b{size_b}.csv",
+        csv=LAYOUT.prompts_csv(TAG),
+        code=code("report_prompts.py"),
     output:
         html=report(
-            "results/report/prompts_a{size_a}_b{size_b}.html",
+            LAYOUT.prompts_page(TAG),
             caption="../report/prompts.rst",
             category="Prompts",
             labels={
@@ -26,10 +27,11 @@ rule report_prompts:
 
 rule report_run:
     input:
-        json="results/run_metadata.json",
+        json=LAYOUT.run_metadata,
+        code=code("report_run.py"),
     output:
         html=report(
-            "results/report/run.html",
+            LAYOUT.run_page,
             caption="../report/run_page.rst",
             category="Run",
             labels={"page": "model, software, hardware, configuration"},

@@ -1,25 +1,25 @@
 rule summarize:
     input:
-        results=results_csvs(),
-        records=experiment_records(),
-        cures=cures_csvs(),
-        code=code("summary"),
+        results=per_configuration("results_csv"),
+        records=per_configuration("record_json"),
+        cures=per_configuration("cures_csv"),
+        code=code("summarize.py"),
     output:
         csv=report(
-            "results/summary.csv",
+            LAYOUT.summary_csv,
             caption="../report/summary_csv.rst",
             category="Summary",
             labels={"table": "per configuration (CSV)"},
         ),
-        md="results/summary.md",
+        md=LAYOUT.summary_md,
         html=report(
-            "results/report/summary.html",
+            LAYOUT.summary_page,
             caption="../report/summary_page.rst",
             category="Summary",
             labels={"table": "degradation, statistics and verdicts"},
         ),
         cures=report(
-            "results/cures_summary.csv",
+            LAYOUT.cures_summary_csv,
             caption="../report/cures_summary_csv.rst",
             category="Cures",
             labels={"table": "per configuration and cure (CSV)"},
@@ -37,23 +37,23 @@ rule summarize:
 
 rule plot:
     input:
-        results=results_csvs(),
-        code=code("plot"),
+        results=per_configuration("results_csv"),
+        code=code("plot_results.py"),
     output:
         main=report(
-            "plots/experiment1_all_configs_phase3b.png",
+            LAYOUT.main_plot,
             caption="../report/main_plot.rst",
             category="TTFT",
             labels={"figure": "TTFT and throughput per configuration"},
         ),
         tokens=report(
-            "plots/ttft_vs_tokens_recomputed.png",
+            LAYOUT.tokens_plot,
             caption="../report/ttft_vs_tokens.rst",
             category="TTFT",
             labels={"figure": "TTFT against tokens recomputed"},
         ),
         throughput=report(
-            "plots/throughput.png",
+            LAYOUT.throughput_plot,
             caption="../report/throughput.rst",
             category="Throughput",
             labels={"figure": "generation and decode throughput"},
@@ -70,11 +70,11 @@ rule plot:
 
 rule plot_cures:
     input:
-        cures=cures_csvs(),
-        code=code("plot_cures"),
+        cures=per_configuration("cures_csv"),
+        code=code("plot_cures.py"),
     output:
         png=report(
-            "plots/cures_cost_quality.png",
+            LAYOUT.cures_plot,
             caption="../report/cures_plot.rst",
             category="Cures",
             labels={"figure": "time saved against quality lost"},
@@ -91,10 +91,11 @@ rule plot_cures:
 
 rule run_metadata:
     input:
-        records=experiment_records(),
+        records=per_configuration("record_json"),
+        code=code("run_metadata.py"),
     output:
         json=report(
-            "results/run_metadata.json",
+            LAYOUT.run_metadata,
             caption="../report/run_metadata.rst",
             category="Run",
             labels={"page": "metadata (JSON)"},

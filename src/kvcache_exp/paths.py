@@ -1,0 +1,141 @@
+"""Every file the workflow writes, named in one place.
+
+The seed fixed some of these names (``results/results_phase3b_a{A}_b{B}.csv``,
+``prompts/prompts_phase3b_a{A}_b{B}.csv``, ``plots/experiment1_all_configs_phase3b.png``);
+tools that read the seed's outputs keep working only if they never drift. The rules, the
+``rule all`` target list, the command line and the tests all ask this module, so that a
+name is spelled once.
+
+A *configuration* is one (A, B) point; its *tag* is the seed's ``a{A}_b{B}``, which every
+per-configuration file name carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The tag of a configuration as Snakemake wildcards (the rules' patterns use it).
+TAG_PATTERN = "a{size_a}_b{size_b}"
+
+
+def tag(size_a: int, size_b: int) -> str:
+    """The seed's file-name tag of a configuration, e.g. ``a512_b256``."""
+    return f"a{int(size_a)}_b{int(size_b)}"
+
+
+@dataclass(frozen=True)
+class ConfigurationFiles:
+    """What one experiment job writes for one configuration."""
+
+    results: Path
+    prompts: Path
+    record: Path
+    cures: Path
+
+    def aside(self, folder: str) -> ConfigurationFiles:
+        """The same files in a side folder beside the results (``unverified`` when trials
+        failed verification, ``incomplete`` when the engine failed mid-experiment), so
+        that nothing measured is lost and nothing unproven takes the final names."""
+        side = self.results.parent / folder
+        return ConfigurationFiles(
+            *(side / p.name for p in (self.results, self.prompts, self.record, self.cures))
+        )
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where outputs go: the three top-level folders of the seed, and everything in them.
+
+    The workflow uses the default folders; the command line lets a user move them
+    (``--results-dir`` and friends) and gets the same file names inside.
+    """
+
+    results: str = "results"
+    prompts: str = "prompts"
+    plots: str = "plots"
+
+    # -- per configuration (``tag`` may be TAG_PATTERN, for the rules) ------------------
+
+    def results_csv(self, tag: str) -> str:
+        return f"{self.results}/results_phase3b_{tag}.csv"
+
+    def prompts_csv(self, tag: str) -> str:
+        return f"{self.prompts}/prompts_phase3b_{tag}.csv"
+
+    def cures_csv(self, tag: str) -> str:
+        return f"{self.results}/cures_phase3b_{tag}.csv"
+
+    def record_json(self, tag: str) -> str:
+        """The experiment job's provenance record, beside its CSVs."""
+        return f"{self.results}/run_phase3b_{tag}.json"
+
+    def configuration(self, tag: str) -> ConfigurationFiles:
+        """The four files of one configuration's experiment job."""
+        return ConfigurationFiles(
+            results=Path(self.results_csv(tag)),
+            prompts=Path(self.prompts_csv(tag)),
+            record=Path(self.record_json(tag)),
+            cures=Path(self.cures_csv(tag)),
+        )
+
+    def prompts_page(self, tag: str) -> str:
+        """The report's page of one configuration's prompts."""
+        return f"{self.report}/prompts_{tag}.html"
+
+    # -- the whole run --------------------------------------------------------------
+
+    @property
+    def summary_csv(self) -> str:
+        return f"{self.results}/summary.csv"
+
+    @property
+    def summary_md(self) -> str:
+        return f"{self.results}/summary.md"
+
+    @property
+    def cures_summary_csv(self) -> str:
+        return f"{self.results}/cures_summary.csv"
+
+    @property
+    def run_metadata(self) -> str:
+        return f"{self.results}/run_metadata.json"
+
+    @property
+    def main_plot(self) -> str:
+        """The seed's figure."""
+        return f"{self.plots}/experiment1_all_configs_phase3b.png"
+
+    @property
+    def tokens_plot(self) -> str:
+        return f"{self.plots}/ttft_vs_tokens_recomputed.png"
+
+    @property
+    def throughput_plot(self) -> str:
+        return f"{self.plots}/throughput.png"
+
+    @property
+    def cures_plot(self) -> str:
+        return f"{self.plots}/cures_cost_quality.png"
+
+    @property
+    def plots_all(self) -> list[str]:
+        """Every figure, in the order the README's plots table lists them."""
+        return [self.main_plot, self.tokens_plot, self.throughput_plot, self.cures_plot]
+
+    @property
+    def report(self) -> str:
+        """The folder of the report's HTML pages."""
+        return f"{self.results}/report"
+
+    @property
+    def summary_page(self) -> str:
+        return f"{self.report}/summary.html"
+
+    @property
+    def run_page(self) -> str:
+        return f"{self.report}/run.html"
+
+
+#: The workflow's layout.
+DEFAULT = Layout()
