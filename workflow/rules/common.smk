@@ -132,6 +132,7 @@ def report_pages():
     return [
         "results/report/summary.html",
         "results/report/run.html",
+        "results/report/protocol.html",
         *expand("results/report/prompts_{label}.html", label=experiment_labels()),
     ]
 
