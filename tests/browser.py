@@ -32,8 +32,9 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--window-size=1400,1000",
 )
+#: The window the report tests look through unless they ask for another.
+WINDOW = (1400, 1000)
 
 
 def chromium() -> str | None:
@@ -148,6 +149,18 @@ class Page:
         frame = next(f for f in frames if f.get("url", "").startswith(url_prefix))
         return self.call("Page.createIsolatedWorld", frameId=frame["id"])["executionContextId"]
 
+    def set_viewport(self, width: int, height: int) -> None:
+        """Make the page's viewport exactly ``width`` x ``height`` CSS pixels, as a
+        window of that size shows it (headless Chromium's window size alone does not
+        pin the viewport)."""
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
+
     def screenshot(self, path: Path) -> Path:
         data = self.call("Page.captureScreenshot", format="png")["data"]
         path.write_bytes(base64.b64decode(data))
@@ -155,8 +168,9 @@ class Page:
 
 
 @contextlib.contextmanager
-def open_browser() -> Iterator[Page]:
-    """Start headless Chromium with a fresh profile and give a page to drive."""
+def open_browser(window: tuple[int, int] = WINDOW) -> Iterator[Page]:
+    """Start headless Chromium with a fresh profile and give a page to drive, whose
+    viewport is ``window`` (width, height)."""
     exe = chromium()
     if exe is None:
         raise RuntimeError("chromium is not installed")
@@ -171,7 +185,14 @@ def open_browser() -> Iterator[Page]:
 
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.Popen(
-            [exe, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"],
+            [
+                exe,
+                *FLAGS,
+                f"--window-size={window[0]},{window[1]}",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -181,7 +202,9 @@ def open_browser() -> Iterator[Page]:
         os.close(to_browser_r)
         os.close(from_browser_w)
         try:
-            yield Page(to_browser_w, from_browser_r)
+            page = Page(to_browser_w, from_browser_r)
+            page.set_viewport(*window)
+            yield page
         finally:
             os.close(to_browser_w)
             os.close(from_browser_r)

@@ -4,8 +4,8 @@ The report is a React app whose results are embedded as data: URIs; HTML results
 summary, prompts and run pages) are shown in an iframe. The browser tests drive the
 app through its own functions (what a click calls), read what the page and the iframe
 display over the DevTools protocol, and compare it with the workflow's files. The front
-page is also rendered on its own, the way Snakemake renders it, for configurations the
-small run does not use (sweeps, per-experiment overrides).
+page is also rendered on its own, the way Snakemake renders it, and the protocol page
+for settings the small run does not use (sweeps, per-configuration overrides, servers).
 """
 
 from __future__ import annotations
@@ -22,12 +22,25 @@ import yaml
 from browser import Page, chromium, open_browser
 from workflow_copy import REPO, copy_workflow, small_config, snakemake, write_config
 
+from kvcache_exp.config import schema
+from kvcache_exp.config import settings as kv_settings
+from kvcache_exp.report import pages
+
 needs_chromium = pytest.mark.skipif(
     chromium() is None, reason="chromium is not installed (make browser)"
 )
 
 SIZES = [(48, 24), (24, 48), (36, 36)]
-CATEGORIES = {"Summary", "TTFT", "Throughput", "Cures", "Prompts", "Run", "Measurements"}
+CATEGORIES = {
+    "Method",
+    "Summary",
+    "TTFT",
+    "Throughput",
+    "Cures",
+    "Prompts",
+    "Run",
+    "Measurements",
+}
 FIGURES = {
     "plots/experiment1_all_configs_phase3b.png": ("TTFT", "percentile-bootstrap"),
     "plots/ttft_vs_tokens_recomputed.png": ("TTFT", "least-squares fit"),
@@ -77,6 +90,35 @@ def _config(**changes: Any) -> dict[str, Any]:
     return config
 
 
+def test_front_page_is_short_and_names_every_category():
+    """Title, the question, one line per category: the protocol has its own page."""
+    body = render_front_page(_config())
+    text = _text(body)
+    assert "KV-cache prefix invalidation" in text
+    for category in CATEGORIES:
+        assert f"javascript:app.showCategory('{category}')" in body, category
+    assert len(re.findall(r"<li>", body)) == len(CATEGORIES)
+    assert "{{" not in text and "{%" not in text
+
+
+# --- The protocol page, rendered from the settings the rule passes -------------------
+
+
+def _protocol_settings() -> tuple[str, ...]:
+    """The settings rule report_protocol passes to the page (report.smk's list)."""
+    text = (REPO / "workflow/rules/report.smk").read_text()
+    block = re.search(r"PROTOCOL_SETTINGS = \((.*?)\)", text, re.S)
+    assert block
+    return tuple(re.findall(r'"(\w+)"', block.group(1)))
+
+
+def render_protocol(config: dict[str, Any]) -> str:
+    """The Method page's text for ``config``, given exactly what the rule passes."""
+    full = schema.with_defaults(config)
+    settings = {key: full[key] for key in _protocol_settings()}
+    return _text(pages.protocol_html(settings, kv_settings.expand_experiments(full)))
+
+
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
@@ -89,6 +131,8 @@ def _config(**changes: Any) -> dict[str, Any]:
                 "sleeps 500 ms",
                 "a generation of at most 50 tokens",
                 "set to fail on any trial that was not verified",
+                "run in-process through llama-cpp-python",
+                "shift + recompute r , r = 0.1, 0.25, 0.5",
             ],
         ),
         (
@@ -115,15 +159,29 @@ def _config(**changes: Any) -> dict[str, Any]:
                 "keep unverified trials with a warning",
             ],
         ),
+        (
+            {"keep_tokens": 32, "cures": False},
+            ["[S, A, B, Q]", "[S, B, Q] , A removed", "S of 32 tokens", "cures: false"],
+        ),
+        (
+            {"engine": "llama_server"},
+            ["llama-server that each configuration's job starts", "server_cache_reuse"],
+        ),
+        (
+            {
+                "engine": "openai_http",
+                "server": {"base_url": "http://127.0.0.1:8000", "api": "openai"},
+            },
+            ["the running server at http://127.0.0.1:8000", "only the hit and the miss"],
+        ),
     ],
-    ids=["list", "sweep-grid", "sweep-total", "overrides"],
+    ids=["list", "sweep-grid", "sweep-total", "overrides", "kept-prefix", "server", "openai"],
 )
-def test_front_page_renders_the_configuration(changes, expected):
-    text = _text(render_front_page(_config(**changes)))
-    assert "KV-cache prefix invalidation" in text
+def test_protocol_page_describes_the_runs_settings(changes, expected):
+    text = render_protocol(_config(**changes))
+    assert "The protocol" in text
     for phrase in expected:
         assert phrase in text
-    assert "{{" not in text and "{%" not in text
 
 
 # --- The real report, in Chromium ----------------------------------------------------
@@ -199,10 +257,47 @@ def test_page_loads_without_errors(built, page, shots):
     assert page.evaluate("document.querySelector('#app h1.title') !== null")
     text = page.evaluate("document.querySelector('#app').innerText")
     assert "KV-cache prefix invalidation" in text
-    assert "2 trials per condition" in text
-    for a, b in SIZES:  # the front page is rendered with the run's configuration
-        assert f"A = {a}, B = {b}: a miss recomputes {b + 16} tokens" in text
     assert set(page.evaluate("Object.keys(categories)")) == CATEGORIES
+
+
+_BOX = (
+    "(() => {{ const r = document.querySelector({!r}).getBoundingClientRect(); "
+    "return [r.top, r.bottom, r.left, r.right]; }})()"
+)
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_title_is_visible_on_opening_at_a_laptops_size(built, shots):
+    """Snakemake centres the front page vertically without scrolling, so a page taller
+    than the window hides its own title: at 1366 x 768 the reader must see it at once."""
+    _, report = built
+    width, height = 1366, 768
+    with open_browser(window=(width, height)) as laptop:
+        laptop.navigate(report.as_uri(), settle_s=2.0)
+        laptop.screenshot(shots / "front_1366x768.png")
+        assert laptop.evaluate("[window.innerWidth, window.innerHeight]") == [width, height]
+        for element in ("#app h1.title", "#app h1.title + p"):
+            top, bottom, left, right = laptop.evaluate(_BOX.format(element))
+            assert 0 <= top < bottom <= height, (element, top, bottom)
+            assert 0 <= left < right <= width, (element, left, right)
+        assert laptop.errors == []
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_protocol_page_shows_the_runs_settings(built, page, shots):
+    paths = page.evaluate("Object.keys(results)")
+    assert "results/report/protocol.html" in paths
+    show(page, "Method", "results/report/protocol.html")
+    page.screenshot(shots / "protocol.png")
+    assert in_frame(page, "document.querySelector('h1').textContent") == "The protocol"
+    text = " ".join(in_frame(page, "document.body.innerText").split())
+    assert "2 trials per condition" in text
+    assert f"{len(SIZES)} configurations" in text
+    for a, b in SIZES:  # rendered with the run's own settings
+        assert f"A = {a}, B = {b}: a miss recomputes {b + 16} tokens" in text
+    assert page.errors == []
 
 
 @pytest.mark.browser

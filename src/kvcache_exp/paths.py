@@ -136,6 +136,11 @@ class Layout:
     def run_page(self) -> str:
         return f"{self.report}/run.html"
 
+    @property
+    def protocol_page(self) -> str:
+        """The report's Method page: the protocol, with the run's settings."""
+        return f"{self.report}/protocol.html"
+
 
 #: The workflow's layout.
 DEFAULT = Layout()

@@ -124,8 +124,14 @@ def per_configuration(name):
 
 
 def report_pages():
-    """The report's HTML pages: summary, run, and one page of prompts per configuration."""
-    return [LAYOUT.summary_page, LAYOUT.run_page, *per_configuration("prompts_page")]
+    """The report's HTML pages: summary, run, protocol, and one page of prompts per
+    configuration."""
+    return [
+        LAYOUT.summary_page,
+        LAYOUT.run_page,
+        LAYOUT.protocol_page,
+        *per_configuration("prompts_page"),
+    ]
 
 
 SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"

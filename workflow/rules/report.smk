@@ -34,7 +34,7 @@ rule report_run:
             LAYOUT.run_page,
             caption="../report/run_page.rst",
             category="Run",
-            labels={"page": "model, software, hardware, configuration"},
+            labels={"page": "model, software, hardware, settings"},
         ),
     log:
         "logs/report/run.log",
@@ -42,3 +42,46 @@ rule report_run:
         "../../envs/analysis.yaml"
     script:
         "../scripts/report_run.py"
+
+
+#: The settings the Method page describes: changing one of them rebuilds the page.
+PROTOCOL_SETTINGS = (
+    "model",
+    "engine",
+    "server",
+    "n_ctx",
+    "n_gpu_layers",
+    "experiments",
+    "trials",
+    "query_tokens",
+    "max_tokens",
+    "warmup_tokens",
+    "settle_ms",
+    "seed",
+    "keep_tokens",
+    "cures",
+    "recompute_shares",
+    "quality_tokens",
+    "require_cache_verified",
+)
+
+
+rule report_protocol:
+    input:
+        code=code("report_protocol.py"),
+    output:
+        html=report(
+            LAYOUT.protocol_page,
+            caption="../report/protocol_page.rst",
+            category="Method",
+            labels={"page": "the protocol, with this run's settings"},
+        ),
+    log:
+        "logs/report/protocol.log",
+    conda:
+        "../../envs/analysis.yaml"
+    params:
+        settings={key: config[key] for key in PROTOCOL_SETTINGS},
+        configurations=EXPERIMENTS,
+    script:
+        "../scripts/report_protocol.py"
