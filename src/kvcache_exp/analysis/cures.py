@@ -372,8 +372,8 @@ def _config_rows(config: Config, rows: pd.DataFrame, boot: dict) -> list[dict]:
 def summarize_cures(
     df: pd.DataFrame,
     *,
-    n_resamples: int = stats.DEFAULT_RESAMPLES,
-    seed: int = stats.DEFAULT_SEED,
+    n_resamples: int = stats.RESAMPLES,
+    seed: int = stats.SEED,
 ) -> pd.DataFrame:
     """One row per (keep_tokens, size_a, size_b, cure): configurations in the order they
     appear, cures in :func:`cure_rank` order; columns :data:`CURE_SUMMARY_COLUMNS`.
@@ -539,8 +539,8 @@ def verdicts_from_summary(summary: pd.DataFrame) -> list[Verdict]:
 def cure_verdicts(
     df: pd.DataFrame,
     *,
-    n_resamples: int = stats.DEFAULT_RESAMPLES,
-    seed: int = stats.DEFAULT_SEED,
+    n_resamples: int = stats.RESAMPLES,
+    seed: int = stats.SEED,
 ) -> list[Verdict]:
     """The verdicts on every cure in the cures rows ``df`` (see :func:`verdicts_from_summary`).
 
