@@ -155,7 +155,12 @@ CODE = {
         "report/pages.py",
         "provenance.py",
     ],
-    "plot": ["analysis/load.py", "analysis/stats.py", "report/plotting.py"],
+    "plot": [
+        "analysis/load.py",
+        "analysis/cure_names.py",
+        "analysis/stats.py",
+        "report/plotting.py",
+    ],
     "plot_cures": ["analysis/*.py", "report/cures_plot.py", "report/plotting.py"],
 }
 

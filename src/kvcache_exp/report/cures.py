@@ -14,15 +14,11 @@ import os
 import pandas as pd
 
 from kvcache_exp.analysis import stats
+from kvcache_exp.analysis.cure_names import HIT, MISS, config_label, cure_label, is_uncorrected
 from kvcache_exp.analysis.cures import (
     EXACT_MAX_KL,
     EXACT_MIN_TOP1,
-    HIT,
-    MISS,
     RECOVER_MIN_SHARE,
-    config_label,
-    cure_label,
-    is_uncorrected,
     summarize_cures,
     verdicts_from_summary,
 )

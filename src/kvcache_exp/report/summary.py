@@ -15,9 +15,9 @@ import pandas as pd
 
 from kvcache_exp import provenance
 from kvcache_exp.analysis import stats, trials
-from kvcache_exp.analysis.cures import load_cures, summarize_cures
+from kvcache_exp.analysis.cures import summarize_cures
 from kvcache_exp.analysis.formatting import ci, num, with_ci
-from kvcache_exp.analysis.load import load_results
+from kvcache_exp.analysis.load import load_cures, load_results
 from kvcache_exp.analysis.tables import fits, summarize
 from kvcache_exp.analysis.verdicts import Verdict, verdicts
 from kvcache_exp.outputs import atomic_open
