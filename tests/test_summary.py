@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from synthetic import SEED_CONFIGS, make_results, write_results
 
-from kvcache_exp.analysis import load, stats, tables, verdicts
+from kvcache_exp.analysis import load, stats, tables, trials, verdicts
 from kvcache_exp.columns import SEED_RESULT_COLUMNS
 from kvcache_exp.report import summary
 from kvcache_exp.report.document import to_markdown
@@ -55,7 +55,7 @@ def test_the_seeds_table_and_the_verdicts_agree_on_the_same_trials():
     df = _with_hiccups(make_results(noise_cv=0.05, seed=4))
     df.loc[5, "cache_verified"] = False
     table = tables.summarize(df)
-    per_config = verdicts.miss_costlier_by_config(df)
+    per_config = verdicts.miss_costlier_per_config(trials.by_configuration(df))
     decode = {v.key: v for v in verdicts.verdicts(df)}["decode_unaffected"]
     assert decode.evidence["n_set_aside"] == 6  # each decode hiccup, once
     for (_, row), verdict in zip(table.iterrows(), per_config, strict=True):
@@ -96,8 +96,6 @@ def test_the_seeds_table_and_the_verdicts_agree_on_the_same_trials():
 
 
 def test_outlier_rule_off_keeps_every_verified_trial(monkeypatch):
-    from kvcache_exp.analysis import trials
-
     monkeypatch.setattr(trials, "SLOW_OUTLIER_K", None)
     df = _with_hiccups(make_results())
     row = tables.summarize(df).iloc[0]

@@ -66,12 +66,6 @@ def verified_flags(values: pd.Series) -> pd.Series:
     return text.map({"true": True, "1": True, "false": False, "0": False})
 
 
-def verified_only(df: pd.DataFrame) -> pd.DataFrame:
-    """The trials that passed cache verification (rows without the flag are kept)."""
-    flags = verified_flags(df["cache_verified"])
-    return df[flags.ne(False)]
-
-
 # --------------------------------------------------------------------------- results
 
 

@@ -88,11 +88,11 @@ def _numeric(df: pd.DataFrame, column: str) -> np.ndarray:
     return pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=float)
 
 
-def without_slow(values: np.ndarray, slow: str) -> tuple[np.ndarray, np.ndarray]:
-    """The mask of the values to keep (slow outliers set aside), and how it was decided.
+def _without_slow(values: np.ndarray, slow: str) -> tuple[np.ndarray, np.ndarray]:
+    """The mask of the values to keep, and the mask of the slow outliers set aside.
 
     ``slow`` is "high" for a time and "low" for a throughput (see
-    :func:`.stats.slow_outliers`). Non-finite values are not kept.
+    :func:`.stats.slow_outliers`). Non-finite values are not kept, nor counted as set aside.
     """
     finite = np.isfinite(values)
     if SLOW_OUTLIER_K is None:
@@ -126,10 +126,10 @@ def by_configuration(df: pd.DataFrame) -> list[Configuration]:
     for code in np.argsort(first):  # in the order the configurations first appear
         here = positions[codes == code]
         hit, miss = here[cond[here] == "hit"], here[cond[here] == "miss"]
-        keep_hit, slow_hit = without_slow(ttft[hit], "high")
-        keep_miss, slow_miss = without_slow(ttft[miss], "high")
-        keep_hd, slow_hd = without_slow(decode[hit], "low")
-        keep_md, slow_md = without_slow(decode[miss], "low")
+        keep_hit, slow_hit = _without_slow(ttft[hit], "high")
+        keep_miss, slow_miss = _without_slow(ttft[miss], "high")
+        keep_hd, slow_hd = _without_slow(decode[hit], "low")
+        keep_md, slow_md = _without_slow(decode[miss], "low")
         configs.append(
             Configuration(
                 int(unique[code, 0]),

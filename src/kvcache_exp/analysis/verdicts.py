@@ -1,6 +1,6 @@
 """Verdicts on the experiment's hypothesis and on the seed's three claims.
 
-This module is longer than the package's others (about 450 lines) on purpose: it holds
+This module is longer than the package's others (about 500 lines) on purpose: it holds
 every rule that decides a claim, each beside the numbers it reads and the sentence it
 writes, so that a scientist can check all four decisions by reading this one file. The
 data it starts from (:mod:`.trials`), the statistics (:mod:`.stats`) and the number
@@ -100,13 +100,6 @@ def verdicts(
         _verdict_miss_linear(configs, **boot),
         _verdict_decode(configs, **boot),
     ]
-
-
-def miss_costlier_by_config(
-    df: pd.DataFrame, *, n_resamples: int = stats.RESAMPLES, seed: int = stats.SEED
-) -> list[Verdict]:
-    """The hypothesis in each configuration, in the order the configurations appear."""
-    return miss_costlier_per_config(trials.by_configuration(df), n_resamples=n_resamples, seed=seed)
 
 
 # --------------------------------------------------------------------------- helpers
