@@ -11,7 +11,10 @@ TTFT distributions are skewed by scheduler noise. Least-squares slopes get the t
 distribution's interval (:func:`fit_line`). The one rule for slow outliers is
 :func:`slow_outliers`; :mod:`.trials` applies it. Everything is a pure function of
 arrays or DataFrames, so that the tests can check it against hand-computed values and
-the summary can be rebuilt from the CSVs alone.
+the summary can be rebuilt from the CSVs alone. It is one module of about 440 lines, a
+little over the package's usual size, so that every statistical method behind the
+summary can be checked in one place (and the figures, which need only a few of them, do
+not depend on the verdicts' modules).
 """
 
 from __future__ import annotations
