@@ -17,11 +17,13 @@ TTFT). Noise is multiplicative and log-normal (its median is the truth); with pr
 5% a trial is an outlier, 1.5-3x slower (TTFT x U(1.5, 3), decode tok/s / U(1.5, 3)).
 
     .venv/bin/python benchmarks/verdict_calibration.py [--runs 400] [--jobs 2]
-        [--resamples 4000] [--design "seed 3×10"] [--scenario baseline]
+        [--resamples 10000] [--design "seed 3×10"] [--scenario baseline]
         [--set MISS_LINEAR_MAX_BOW=0.10]
 
-About 35 minutes on 2 shared cores with the defaults; ``--runs 100 --resamples 1000``
-takes about 3 minutes.
+The default resamples are the summary's own (:data:`kvcache_exp.analysis.stats.RESAMPLES`).
+``--runs 50 --jobs 1`` took 3.5 minutes on 2 shared cores, so the defaults take about half
+an hour; ``--resamples 4000`` more than halves that and gives the same table up to a few
+runs per cell.
 
 ``--set`` overrides a threshold of :mod:`kvcache_exp.analysis.verdicts`, or the outlier
 rule's :data:`kvcache_exp.analysis.trials.SLOW_OUTLIER_K`, for the run, to see what
