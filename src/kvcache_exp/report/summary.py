@@ -106,9 +106,9 @@ def fits_section(line_fits: dict[str, stats.LineFit]) -> Section:
         ]
         for key, fit in line_fits.items()
     ]
-    header = ["Fit (every trial)", "Points", "Slope ms/token [95% CI]", "Intercept ms", "R²"]
+    header = ["Fit (every kept trial)", "Points", "Slope ms/token [95% CI]", "Intercept ms", "R²"]
     intro = (
-        "Ordinary least squares over every trial kept (slow outliers set aside); slope "
+        "Ordinary least squares over every kept trial (slow outliers set aside); slope "
         "intervals from the t distribution."
     )
     return Section("Fits across configurations", [intro, Table(header, rows)])
