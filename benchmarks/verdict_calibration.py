@@ -17,14 +17,17 @@ TTFT). Noise is multiplicative and log-normal (its median is the truth); with pr
 5% a trial is an outlier, 1.5-3x slower (TTFT x U(1.5, 3), decode tok/s / U(1.5, 3)).
 
     .venv/bin/python benchmarks/verdict_calibration.py [--runs 400] [--jobs 2]
-        [--resamples 4000] [--design "seed 3×10"] [--scenario baseline]
+        [--resamples 10000] [--design "seed 3×10"] [--scenario baseline]
         [--set MISS_LINEAR_MAX_BOW=0.10]
 
-About 35 minutes on 2 shared cores with the defaults; ``--runs 100 --resamples 1000``
-takes about 3 minutes.
+The default resamples are the summary's own (:data:`kvcache_exp.analysis.stats.RESAMPLES`).
+``--runs 50 --jobs 1`` took 3.5 minutes on 2 shared cores, so the defaults take about half
+an hour; ``--resamples 4000`` more than halves that and gives the same table up to a few
+runs per cell.
 
-``--set`` overrides a threshold of :mod:`kvcache_exp.analysis.verdicts` for the run, to
-see what another rule would give; the printed table names every override.
+``--set`` overrides a threshold of :mod:`kvcache_exp.analysis.verdicts`, or the outlier
+rule's :data:`kvcache_exp.analysis.trials.SLOW_OUTLIER_K`, for the run, to see what
+another rule would give; the printed table names every override.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from kvcache_exp.analysis import stats  # noqa: E402
+from kvcache_exp.analysis import stats, trials  # noqa: E402
 from kvcache_exp.analysis import verdicts as vd  # noqa: E402
 
 SEED_CONFIGS = ((512, 256), (384, 384), (256, 512))
@@ -163,11 +166,16 @@ def _cluster_robust_slope(df: pd.DataFrame) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _owner(name: str):
+    """The module whose setting ``name`` is: a verdict's threshold, or the outlier rule."""
+    return next((m for m in (vd, trials) if hasattr(m, name) and name.isupper()), None)
+
+
 def run_cell(task: tuple) -> dict:
     """Every run of one (design, scenario, noise) cell: verdict counts and coverage."""
     design, scenario, cv, runs, resamples, overrides, cell_seed = task
     for name, value in overrides.items():
-        setattr(vd, name, value)
+        setattr(_owner(name), name, value)
     truth, _ = SCENARIOS[scenario]
     configs = DESIGNS[design]
     rng = np.random.default_rng(cell_seed)
@@ -289,7 +297,8 @@ def print_tables(
     print(
         f"Thresholds: HIT_CONSTANT_MAX_CHANGE = {vd.HIT_CONSTANT_MAX_CHANGE}, "
         f"MISS_LINEAR_MAX_BOW = {vd.MISS_LINEAR_MAX_BOW}, DECODE_RATIO_BOUNDS = "
-        f"{vd.DECODE_RATIO_BOUNDS}, CONFIDENCE = {vd.CONFIDENCE} (overrides: {settings}). "
+        f"{vd.DECODE_RATIO_BOUNDS}, CONFIDENCE = {vd.CONFIDENCE}, SLOW_OUTLIER_K = "
+        f"{trials.SLOW_OUTLIER_K} (overrides: {settings}). "
         f"Run time {seconds:.0f} s with {jobs} process(es) on {os.cpu_count()} CPU(s)."
     )
 
@@ -300,7 +309,7 @@ def main() -> int:
     parser.add_argument(
         "--resamples",
         type=int,
-        default=vd.VERDICT_RESAMPLES,
+        default=stats.RESAMPLES,
         help="bootstrap resamples per interval (default: as verdicts() itself; fewer is "
         "faster and close)",
     )
@@ -322,16 +331,16 @@ def main() -> int:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a threshold of kvcache_exp.analysis.verdicts",
+        help="override a threshold of kvcache_exp.analysis.verdicts (or trials.SLOW_OUTLIER_K)",
     )
     args = parser.parse_args()
     overrides = {}
     for item in args.set:
         name, _, value = item.partition("=")
-        if not hasattr(vd, name):
-            parser.error(f"--set: verdicts has no {name}")
+        if _owner(name) is None:
+            parser.error(f"--set: neither verdicts nor trials has {name}")
         overrides[name] = ast.literal_eval(value)
-        setattr(vd, name, overrides[name])
+        setattr(_owner(name), name, overrides[name])
     tasks = [
         (
             design,

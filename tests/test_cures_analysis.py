@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvcache_exp.analysis import cures
+from kvcache_exp.analysis import cure_names, cures
+from kvcache_exp.analysis.load import load_cures
 from kvcache_exp.analysis.verdicts import NOT_SUPPORTED, SUPPORTED, UNDETERMINED
 from kvcache_exp.columns import CURE_COLUMNS
 from kvcache_exp.report import cures as report
@@ -38,7 +39,7 @@ QUALITY = {
 def _base_ttft(cure: str) -> float:
     """Hit 10 ms, miss 100 ms, shift 15 ms, shift + recompute r 15 + 80·r ms."""
     fixed = {"hit": 10.0, "miss": 100.0}
-    return fixed.get(cure, 15.0 + 80.0 * cures.recompute_share(cure))
+    return fixed.get(cure, 15.0 + 80.0 * cure_names.recompute_share(cure))
 
 
 def make_cures(
@@ -72,7 +73,7 @@ def make_cures(
                 given = (ttft or {}).get(name)
                 spread = 1 + 0.02 * ((trial % 3) - 1)
                 time = given[trial - 1] if given is not None else _base_ttft(name) * spread
-                share = cures.recompute_share(name)
+                share = cure_names.recompute_share(name)
                 k = 0 if math.isnan(share) else round(share * b)
                 rows.append(
                     {
@@ -137,6 +138,11 @@ def _row(summary: pd.DataFrame, cure: str, size_b: int | None = None) -> pd.Seri
 
 def _by_key(found: list) -> dict:
     return {v.key: v for v in found}
+
+
+def _verdicts(df: pd.DataFrame, **boot: int) -> list:
+    """Every cure's verdicts from the cures rows, as the summary makes them."""
+    return cures.verdicts_from_summary(cures.summarize_cures(df, **boot))
 
 
 # --------------------------------------------------------------------------- summary
@@ -205,7 +211,7 @@ def test_unverified_rows_enter_no_statistic(tmp_path):
     # All of one cure unverified: it is reported, with nothing measured.
     lost = df[df["cure"] == "shift_recompute_0.5"].assign(cache_verified=False)
     mixed = pd.concat([df[df["cure"] != "shift_recompute_0.5"], bad, lost], ignore_index=True)
-    loaded = cures.load_cures(_write(mixed, tmp_path))
+    loaded = load_cures(_write(mixed, tmp_path))
     assert set(loaded["cache_verified"]) == {"True", "False"}  # read back as text
     summary = cures.summarize_cures(loaded, **BOOT)
 
@@ -229,11 +235,11 @@ def test_unverified_rows_enter_no_statistic(tmp_path):
 
 
 def _recovery(df: pd.DataFrame, cure: str = "shift") -> object:
-    return _by_key(cures.cure_verdicts(df, **BOOT))[f"{cure}_recovers"]
+    return _by_key(_verdicts(df, **BOOT))[f"{cure}_recovers"]
 
 
 def test_recovery_verdict_supported_and_not_supported():
-    found = _by_key(cures.cure_verdicts(make_cures(), **BOOT))
+    found = _by_key(_verdicts(make_cures(), **BOOT))
     # shift: 15 ms of 10..100 → 94% recovered; +50%: 55 ms → 50%, its CI straddles 0.5.
     assert found["shift_recovers"].status == SUPPORTED
     assert found["shift_recompute_0.1_recovers"].status == SUPPORTED
@@ -267,7 +273,7 @@ def test_recovery_verdict_undetermined():
 
 
 def test_quality_verdict_three_outcomes():
-    measured = _by_key(cures.cure_verdicts(make_cures(), **BOOT))
+    measured = _by_key(_verdicts(make_cures(), **BOOT))
     verdict = measured["shift_exact"]
     assert verdict.status == NOT_SUPPORTED  # top-1 91.5% < 95%, KL 0.075 > 0.05
     assert "top-1 92%" in verdict.reason and "0.075" in verdict.reason
@@ -275,27 +281,27 @@ def test_quality_verdict_three_outcomes():
     assert measured["shift_recompute_0.5_exact"].status == NOT_SUPPORTED  # KL 0.052 > 0.05
 
     close = make_cures(quality={"shift": (0.01, 0.99)})
-    assert _by_key(cures.cure_verdicts(close, **BOOT))["shift_exact"].status == SUPPORTED
+    assert _by_key(_verdicts(close, **BOOT))["shift_exact"].status == SUPPORTED
     at_thresholds = make_cures(quality={"shift": (cures.EXACT_MAX_KL, cures.EXACT_MIN_TOP1)})
-    assert _by_key(cures.cure_verdicts(at_thresholds, **BOOT))["shift_exact"].status == SUPPORTED
+    assert _by_key(_verdicts(at_thresholds, **BOOT))["shift_exact"].status == SUPPORTED
 
     missing = make_cures(quality={"shift": (math.nan, math.nan)})
-    assert _by_key(cures.cure_verdicts(missing, **BOOT))["shift_exact"].status == UNDETERMINED
+    assert _by_key(_verdicts(missing, **BOOT))["shift_exact"].status == UNDETERMINED
     # When two full recomputes already disagree beyond a threshold, the comparison cannot
     # resolve it: undetermined, however far the cure is.
     noisy = make_cures(floor=(0.2, 0.8))
-    verdict = _by_key(cures.cure_verdicts(noisy, **BOOT))["shift_exact"]
+    verdict = _by_key(_verdicts(noisy, **BOOT))["shift_exact"]
     assert verdict.status == UNDETERMINED and "noise floor: top-1 80%" in verdict.reason
     # Any configuration that misses decides against; one without quality alone does not.
     both = pd.concat([close, make_cures([(0, 32, 64)])], ignore_index=True)
-    assert _by_key(cures.cure_verdicts(both, **BOOT))["shift_exact"].status == NOT_SUPPORTED
+    assert _by_key(_verdicts(both, **BOOT))["shift_exact"].status == NOT_SUPPORTED
     gap = pd.concat([close, make_cures([(0, 32, 64)], quality={"shift": (math.nan, math.nan)})])
-    assert _by_key(cures.cure_verdicts(gap, **BOOT))["shift_exact"].status == UNDETERMINED
+    assert _by_key(_verdicts(gap, **BOOT))["shift_exact"].status == UNDETERMINED
 
 
 def test_verdicts_keys_and_uncorrected_label():
     gpt2 = make_cures(correction="none (absolute positions)", shares=(0.25,))
-    found = cures.cure_verdicts(gpt2, **BOOT)
+    found = _verdicts(gpt2, **BOOT)
     assert [v.key for v in found] == [
         "shift_recovers",
         "shift_exact",
@@ -313,7 +319,7 @@ def test_verdicts_keys_and_uncorrected_label():
 
 
 def test_section_and_summary_csv(tmp_path):
-    df = cures.load_cures(_write(make_cures([(8, 64, 64), (8, 32, 96)]), tmp_path))
+    df = load_cures(_write(make_cures([(8, 64, 64), (8, 32, 96)]), tmp_path))
     summary = report.write_cures_summary(df, tmp_path / "out" / "cures_summary.csv", **BOOT)
     written = pd.read_csv(tmp_path / "out" / "cures_summary.csv")
     assert list(written.columns) == list(cures.CURE_SUMMARY_COLUMNS) and len(written) == 12
@@ -343,9 +349,9 @@ def test_cures_disabled_header_only(tmp_path):
         path = tmp_path / f"cures_phase3b_a{a}_b{b}.csv"
         pd.DataFrame(columns=list(CURE_COLUMNS)).to_csv(path, index=False)
         paths.append(path)
-    df = cures.load_cures(paths)
+    df = load_cures(paths)
     assert df.empty and list(df.columns) == list(CURE_COLUMNS)
-    assert cures.cure_verdicts(df) == []
+    assert _verdicts(df) == []
 
     sec = report.section(df)
     assert sec.blocks == [report.NOT_MEASURED]
@@ -357,7 +363,7 @@ def test_cures_disabled_header_only(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
     # A header-only file next to measured ones contributes nothing.
     measured = _write(make_cures([(0, 16, 16)], trials=2), tmp_path)
-    assert len(cures.load_cures([paths[0], *measured])) == 1 + 2 * 6
+    assert len(load_cures([paths[0], *measured])) == 1 + 2 * 6
 
 
 @pytest.mark.parametrize(
@@ -424,7 +430,7 @@ def _csv(tmp_path: Path, df: pd.DataFrame, name: str = "cures_phase3b_a64_b64.cs
 def test_validation_errors_name_the_file_and_the_problem(tmp_path, change, message):
     path = _csv(tmp_path, change(make_cures(trials=1)))
     with pytest.raises(ValueError, match=message) as err:
-        cures.load_cures([path])
+        load_cures([path])
     assert str(path) in str(err.value)
 
 
@@ -432,28 +438,26 @@ def test_validation_of_empty_inputs(tmp_path):
     empty = tmp_path / "cures_phase3b_a1_b2.csv"
     empty.write_text("")
     with pytest.raises(ValueError, match=f"{empty}: empty file"):
-        cures.load_cures([empty])
+        load_cures([empty])
     with pytest.raises(ValueError, match="no cures files given"):
-        cures.load_cures([])
+        load_cures([])
 
 
 def test_names_and_labels():
-    assert [cures.recompute_share(n) for n in ("shift", "shift_recompute_0.25", "hit")][:2] == [
-        0.0,
-        0.25,
-    ]
-    assert math.isnan(cures.recompute_share("shift_recompute_x"))
+    shares = [cure_names.recompute_share(n) for n in ("shift", "shift_recompute_0.25", "hit")]
+    assert shares[:2] == [0.0, 0.25] and math.isnan(shares[2])
+    assert math.isnan(cure_names.recompute_share("shift_recompute_x"))
     names = ["shift_recompute_0.5", "miss", "shift_recompute_0.1", "shift", "hit"]
-    assert sorted(names, key=cures.cure_rank) == [
+    assert sorted(names, key=cure_names.cure_rank) == [
         "hit",
         "miss",
         "shift",
         "shift_recompute_0.1",
         "shift_recompute_0.5",
     ]
-    assert cures.cure_label("shift_recompute_0.125") == "shift + recompute 12.5%"
-    assert cures.cure_label("shift", uncorrected=True) == "uncorrected shift"
-    assert cures.cure_label("miss", uncorrected=True) == "miss (full recompute)"
-    assert cures.config_label(0, 64, 32) == "64/32" and cures.config_label(8, 64, 64) == (
+    assert cure_names.cure_label("shift_recompute_0.125") == "shift + recompute 12.5%"
+    assert cure_names.cure_label("shift", uncorrected=True) == "uncorrected shift"
+    assert cure_names.cure_label("miss", uncorrected=True) == "miss (full recompute)"
+    assert cure_names.config_label(0, 64, 32) == "64/32" and cure_names.config_label(8, 64, 64) == (
         "64/64 (S=8)"
     )

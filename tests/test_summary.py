@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pandas as pd
 import pytest
 from synthetic import SEED_CONFIGS, make_results, write_results
 
-from kvcache_exp.analysis import load, tables, verdicts
+from kvcache_exp.analysis import load, stats, tables, trials, verdicts
 from kvcache_exp.columns import SEED_RESULT_COLUMNS
 from kvcache_exp.report import summary
 from kvcache_exp.report.document import to_markdown
@@ -33,6 +36,72 @@ def test_summarize_hand_computed_configuration():
     assert row.mannwhitney_u == 0.0
     assert row.hit_tokens_recomputed == 16 and row.miss_tokens_recomputed == 256 + 16
     assert "| 512 / 256 | 28.0 ms | 150.0 ms | +436% |" in to_markdown(summary.build(df, "m"))
+
+
+def _with_hiccups(df: pd.DataFrame) -> pd.DataFrame:
+    """One trial of each configuration and condition 3x slower (TTFT) or decoding at a third
+    of the speed: a shared machine's hiccups, for the outlier rule to set aside."""
+    out = df.copy()
+    first = out.groupby(["size_a", "size_b", "condition"]).head(1).index
+    out.loc[first, "ttft_ms"] *= 3.0
+    out.loc[first, "decode_tok_s"] /= 3.0
+    return out
+
+
+def test_the_seeds_table_and_the_verdicts_agree_on_the_same_trials():
+    """One quantity, one number and one interval: the degradation is the verdict's miss/hit
+    ratio, (ratio - 1) * 100 with the same interval ends, and the table's medians, counts
+    and decode figures come from the same trials, with the slow outliers set aside once."""
+    df = _with_hiccups(make_results(noise_cv=0.05, seed=4))
+    df.loc[5, "cache_verified"] = False
+    table = tables.summarize(df)
+    per_config = verdicts.miss_costlier_per_config(trials.by_configuration(df))
+    decode = {v.key: v for v in verdicts.verdicts(df)}["decode_unaffected"]
+    assert decode.evidence["n_set_aside"] == 6  # each decode hiccup, once
+    for (_, row), verdict in zip(table.iterrows(), per_config, strict=True):
+        ev = verdict.evidence
+        assert (row.size_a, row.size_b) == (ev["size_a"], ev["size_b"])
+        assert (row.cost_ratio, row.cost_ratio_ci_low, row.cost_ratio_ci_high) == (
+            ev["ratio"],
+            ev["ratio_ci_low"],
+            ev["ratio_ci_high"],
+        )
+        for degradation, ratio in (
+            ("degradation_pct", "cost_ratio"),
+            ("degradation_ci_low", "cost_ratio_ci_low"),
+            ("degradation_ci_high", "cost_ratio_ci_high"),
+        ):
+            assert row[degradation] == (row[ratio] - 1) * 100
+        # The seed's formula on the table's own medians gives the same degradation.
+        seed_formula = (row.miss_ttft_ms - row.hit_ttft_ms) / row.hit_ttft_ms * 100
+        assert row.degradation_pct == pytest.approx(seed_formula, rel=1e-12)
+        assert row.n_set_aside == ev["n_set_aside"] == 2  # the two TTFT hiccups
+        assert (row.n_hit, row.n_miss) == (ev["n_hit"], ev["n_miss"])
+    # 512/256 lost a hit to verification and one to the outlier rule: every trial counted once.
+    first = table.iloc[0]
+    assert (first.n_hit, first.n_miss, first.n_unverified) == (8, 9, 1)
+    assert first.n_hit + first.n_miss + first.n_set_aside + first.n_unverified == 20
+    # The medians and their intervals are those of the kept trials, hiccups left out.
+    kept = df.iloc[1:10]
+    kept = kept[kept.index != 5]
+    assert first.hit_ttft_ms == np.median(kept["ttft_ms"])
+    assert first.hit_ttft_ci_high_ms < df.loc[0, "ttft_ms"] / 2
+    assert first.hit_decode_tok_s == np.median(kept["decode_tok_s"])
+    # The summary prints one pooled decode ratio: the verdict's.
+    text = to_markdown(summary.build(df, "m"))
+    ev = decode.evidence
+    pooled = f"decode ratio miss/hit = {ev['ratio']:.3f} [{ev['ratio_ci_low']:.3f}, "
+    assert pooled in text
+    assert f"({stats.RESAMPLES:,} resamples" in text
+
+
+def test_outlier_rule_off_keeps_every_verified_trial(monkeypatch):
+    monkeypatch.setattr(trials, "SLOW_OUTLIER_K", None)
+    df = _with_hiccups(make_results())
+    row = tables.summarize(df).iloc[0]
+    assert (row.n_hit, row.n_set_aside) == (10, 0)
+    assert row.hit_ttft_ms == df[(df.condition == "hit") & (df.size_b == 256)]["ttft_ms"].median()
+    assert not math.isnan(row.degradation_ci_low)
 
 
 def test_write_summary_files(tmp_path):

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from synthetic import SEED_CONFIGS, make_results
 
+from kvcache_exp.analysis import trials
 from kvcache_exp.analysis import verdicts as vd
 from kvcache_exp.analysis.verdicts import NOT_SUPPORTED, SUPPORTED, UNDETERMINED
 
@@ -27,6 +28,11 @@ def _found(df: pd.DataFrame) -> dict[str, vd.Verdict]:
 
 def _status(df: pd.DataFrame, key: str) -> str:
     return _found(df)[key].status
+
+
+def _by_config(df: pd.DataFrame) -> list[vd.Verdict]:
+    """The hypothesis in each configuration, from the trials the summary uses."""
+    return vd.miss_costlier_per_config(trials.by_configuration(df))
 
 
 def _quadratic_miss(a: int, b: int, q: int) -> float:
@@ -62,7 +68,7 @@ def test_one_trial_per_configuration_is_undetermined_never_not_supported():
     # even though the points happen to lie on lines.
     found = vd.verdicts(make_results(trials=1))
     assert [v.status for v in found] == [UNDETERMINED] * 4
-    by_config = vd.miss_costlier_by_config(make_results(trials=1))
+    by_config = _by_config(make_results(trials=1))
     assert {v.status for v in by_config} == {UNDETERMINED}
     assert all(math.isnan(v.evidence["ratio_ci_low"]) for v in by_config)
 
@@ -75,7 +81,7 @@ def test_unverified_trials_never_enter_a_statistic():
     wild["trial"] = 99
     polluted = _unverified(pd.concat([df, wild], ignore_index=True), [len(df), len(df) + 1])
     assert vd.verdicts(polluted) == vd.verdicts(df)
-    assert vd.miss_costlier_by_config(polluted) == vd.miss_costlier_by_config(df)
+    assert _by_config(polluted) == _by_config(df)
 
 
 def test_unverified_flags_read_as_text_and_rows_without_ttft_are_dropped():
@@ -97,7 +103,7 @@ def test_miss_costlier_per_configuration_and_overall():
     # 384/384: the miss is faster than the hit (20 < 28 ms); 256/512: no difference.
     miss = {256: 150.0, 384: 20.0, 512: 28.0}
     df = make_results(miss_ttft=lambda a, b, q: miss[b])
-    per = vd.miss_costlier_by_config(df)
+    per = _by_config(df)
     assert [(v.evidence["size_a"], v.evidence["size_b"]) for v in per] == list(SEED_CONFIGS)
     assert [v.status for v in per] == [SUPPORTED, NOT_SUPPORTED, UNDETERMINED]
     assert per[0].evidence["ratio_ci_low"] > 1 and per[0].evidence["p_one_sided"] < 0.05
@@ -114,20 +120,20 @@ def test_miss_costlier_per_configuration_and_overall():
 
 def test_miss_costlier_undetermined_when_no_configuration_differs():
     df = make_results(miss_ttft=lambda a, b, q: 28.0, noise_cv=0.15)
-    assert {v.status for v in vd.miss_costlier_by_config(df)} == {UNDETERMINED}
+    assert {v.status for v in _by_config(df)} == {UNDETERMINED}
     assert _status(df, "miss_costlier") == UNDETERMINED
 
 
 def test_miss_costlier_follows_the_order_configurations_appear_in():
     configs = list(reversed(SEED_CONFIGS))
-    per = vd.miss_costlier_by_config(make_results(configs))
+    per = _by_config(make_results(configs))
     assert [(v.evidence["size_a"], v.evidence["size_b"]) for v in per] == configs
 
 
 def test_miss_costlier_corrects_for_several_configurations():
     # Two trials each: the smallest one-sided p is 1/6, never significant, so the
     # hypothesis stays undetermined however large the ratio.
-    per = vd.miss_costlier_by_config(make_results(trials=2))
+    per = _by_config(make_results(trials=2))
     assert {v.status for v in per} == {UNDETERMINED}
     assert all(v.evidence["p_adjusted"] >= v.evidence["p_one_sided"] for v in per)
 

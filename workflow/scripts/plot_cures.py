@@ -4,7 +4,7 @@ from pathlib import Path
 
 from adapter import run_rule
 
-from kvcache_exp.analysis.cures import load_cures
+from kvcache_exp.analysis.load import load_cures
 from kvcache_exp.report.cures_plot import plot_cures
 
 run_rule(

@@ -12,36 +12,39 @@ one is worth having, and each gets a three-valued verdict:
   second one with another batch split gives the noise floor of that comparison.
 
 The trials of each cure are independent repeats from the same restored warm cache, so
-the hit, the miss and the cure are resampled independently in every bootstrap (as
-:func:`.stats.ratio_ci` does for two samples); the bootstrap seed is fixed, so every
-number is reproducible from the CSVs. Trials that failed cache verification never
-enter a statistic or a verdict. The quality figures are the median over the verified
-trials: they are deterministic per configuration in practice, so they have no interval.
+the hit, the miss and the cure are resampled independently in every interval: all come
+from the package's one bootstrap (:func:`.stats.stratified_bootstrap`, with its fixed
+seed), so every number is reproducible from the CSVs. Trials that failed cache
+verification never enter a statistic or a verdict. The rule for slow outliers that the
+results' summary applies (:mod:`.trials`) is not applied here: cures_summary.csv has no
+column to count what it would set aside. The quality figures are the median over the
+verified trials: they are deterministic per configuration in practice, so they have no
+interval. Reading the CSVs is :func:`.load.load_cures`; the cures' names are
+:mod:`.cure_names`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
-from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kvcache_exp.analysis import stats
-from kvcache_exp.analysis.formatting import ci, num
+from kvcache_exp.analysis.cure_names import (
+    ENDS,
+    HIT,
+    MISS,
+    NOISE_FLOOR,
+    config_label,
+    cure_label,
+    cure_rank,
+    is_uncorrected,
+    recompute_share,
+)
+from kvcache_exp.analysis.formatting import finite, num, pct, pct_ci
 from kvcache_exp.analysis.load import verified_flags
 from kvcache_exp.analysis.verdicts import NOT_SUPPORTED, SUPPORTED, UNDETERMINED, Verdict
-from kvcache_exp.columns import CURE_COLUMNS
-
-#: The two ends every cure lies between, and the row that measures the comparison's noise.
-HIT, MISS, SHIFT, NOISE_FLOOR = "hit", "miss", "shift", "noise_floor"
-#: llama-server's own KV shift (``--cache-reuse``), measured through the server engines.
-SERVER_CACHE_REUSE = "server_cache_reuse"
-ENDS: tuple[str, ...] = (HIT, MISS)
-_RECOMPUTE_PREFIX = "shift_recompute_"
 
 #: A cure "recovers most of the miss penalty" when, in every configuration, the whole CI of
 #: its recovered share lies above this; it does not when, in any, the whole CI lies below.
@@ -90,176 +93,9 @@ CURE_SUMMARY_COLUMNS: tuple[str, ...] = (
     *FLOOR_COLUMNS,
 )
 
-_TEXT_COLUMNS = frozenset({"cure", "position_correction", "cache_verified", "cache_note"})
-_KEY_COLUMNS: tuple[str, ...] = ("trial", "keep_tokens", "size_a", "size_b")
 _CONFIG: list[str] = ["keep_tokens", "size_a", "size_b"]
-_FILE_NAME = re.compile(r"_a(?P<a>\d+)_b(?P<b>\d+)\.csv$")
 
 Config = tuple[int, int, int]  # (keep_tokens, size_a, size_b)
-
-
-# --------------------------------------------------------------------------- names
-
-
-def recompute_share(cure: str) -> float:
-    """The share r of B a cure recomputes: 0 for the shift, r for ``shift_recompute_{r}``,
-    NaN for anything else (the hit, the miss, an unknown name)."""
-    if cure == SHIFT:
-        return 0.0
-    if not cure.startswith(_RECOMPUTE_PREFIX):
-        return math.nan
-    try:
-        share = float(cure[len(_RECOMPUTE_PREFIX) :])
-    except ValueError:
-        return math.nan
-    return share if 0 < share <= 1 else math.nan
-
-
-def is_known(cure: str) -> bool:
-    """Whether ``cure`` is a name the producer writes (a typo must not become a new cure)."""
-    known = (HIT, MISS, SHIFT, SERVER_CACHE_REUSE, NOISE_FLOOR)
-    return cure in known or math.isfinite(recompute_share(cure))
-
-
-def cure_rank(cure: str) -> tuple[int, float]:
-    """Sort key: the hit, the miss, the shift, then shift + recompute by increasing r."""
-    fixed = {HIT: 0, MISS: 1, SHIFT: 2}
-    if cure in fixed:
-        return fixed[cure], 0.0
-    if cure == SERVER_CACHE_REUSE:
-        return 2, 1.0
-    share = recompute_share(cure)
-    return (3, share) if math.isfinite(share) else (4, 0.0)
-
-
-def is_uncorrected(position_correction: object) -> bool:
-    """Whether a shift could not correct B's positions (absolute position embeddings)."""
-    return str(position_correction).strip().lower().startswith("none")
-
-
-def cure_label(cure: str, uncorrected: bool = False) -> str:
-    """A cure's name for people, e.g. ``shift + recompute 25%``; shift cures of a model
-    with absolute positions are labelled "uncorrected", since their positions stay wrong."""
-    if cure == HIT:
-        return "hit"
-    if cure == MISS:
-        return "miss (full recompute)"
-    if cure == SERVER_CACHE_REUSE:
-        label = "server cache reuse (KV shift)"
-        return f"uncorrected {label}" if uncorrected else label
-    share = recompute_share(cure)
-    if not math.isfinite(share):
-        return cure
-    label = SHIFT if share == 0 else f"shift + recompute {share * 100:g}%"
-    return f"uncorrected {label}" if uncorrected else label
-
-
-def config_label(keep_tokens: int, size_a: int, size_b: int) -> str:
-    """``A/B`` as the seed writes configurations, with the kept prefix S when there is one."""
-    label = f"{int(size_a)}/{int(size_b)}"
-    return f"{label} (S={int(keep_tokens)})" if keep_tokens else label
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def load_cures(paths: Iterable[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Concatenate cures CSVs after checking each one's columns, cure names and numbers.
-
-    Header-only files (cures disabled) are valid and contribute no rows; the result then
-    has the columns and no rows. Every error names the file and what is wrong with it.
-    """
-    frames = [_read_cures(Path(p)) for p in paths]
-    if not frames:
-        raise ValueError("load_cures: no cures files given")
-    rows = [f for f in frames if len(f)]
-    return pd.concat(rows, ignore_index=True) if rows else frames[0]
-
-
-def _read_cures(path: Path) -> pd.DataFrame:
-    """Read and validate one cures CSV."""
-    text = dict.fromkeys(sorted(_TEXT_COLUMNS), str)
-    try:
-        df = pd.read_csv(path, dtype=text)
-    except pd.errors.EmptyDataError:
-        raise ValueError(f"{path}: empty file; expected at least the header") from None
-    _check_columns(df, path)
-    df = _numbers(df, path)
-    _check_rows(df, path)
-    df["cache_note"] = df["cache_note"].fillna("")
-    for name in _KEY_COLUMNS:
-        df[name] = df[name].astype(int)
-    return df
-
-
-def _check_columns(df: pd.DataFrame, path: Path) -> None:
-    """The columns must be CURE_COLUMNS, in that order."""
-    found = tuple(df.columns)
-    if found == CURE_COLUMNS:
-        return
-    missing = [c for c in CURE_COLUMNS if c not in found]
-    unexpected = [c for c in found if c not in CURE_COLUMNS]
-    detail = []
-    if missing:
-        detail.append(f"missing {missing}")
-    if unexpected:
-        detail.append(f"unexpected {unexpected}")
-    if not detail:
-        detail.append(f"found them in the order {list(found)}")
-    raise ValueError(
-        f"{path}: the columns must be exactly kvcache_exp.columns.CURE_COLUMNS in that order; "
-        + "; ".join(detail)
-    )
-
-
-def _numbers(df: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Every column but the text ones as numbers; a value that is not one is an error."""
-    df = df.copy()
-    for name in CURE_COLUMNS:
-        if name in _TEXT_COLUMNS:
-            continue
-        values = pd.to_numeric(df[name], errors="coerce")
-        bad = values.isna() & df[name].notna()
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(
-                f"{path}: column {name} must be numeric, found {df[name].iloc[row]!r} "
-                f"in data row {row + 1}"
-            )
-        df[name] = values.astype(float)
-    return df
-
-
-def _check_rows(df: pd.DataFrame, path: Path) -> None:
-    """Known cure names, the keys present, True/False flags, sizes matching the file name."""
-    names = df["cure"].fillna("").astype(str)
-    unknown = sorted({n for n in names if not is_known(n)})
-    if unknown:
-        raise ValueError(
-            f"{path}: unknown cure(s) {unknown}; expected hit, miss, shift, "
-            "shift_recompute_<r> with 0 < r <= 1, server_cache_reuse, or noise_floor"
-        )
-    for name in _KEY_COLUMNS:
-        missing = np.flatnonzero(~np.isfinite(df[name].to_numpy(dtype=float)))
-        if missing.size:
-            rows = [int(i) + 1 for i in missing]
-            raise ValueError(f"{path}: column {name} is empty in data row(s) {rows}")
-    flags = verified_flags(df["cache_verified"])
-    if flags.isna().any():
-        row = int(np.flatnonzero(flags.isna().to_numpy())[0])
-        raise ValueError(
-            f"{path}: cache_verified must be True or False, found "
-            f"{df['cache_verified'].iloc[row]!r} in data row {row + 1}"
-        )
-    match = _FILE_NAME.search(path.name)
-    if match and len(df):
-        for part in ("a", "b"):
-            sizes = set(df[f"size_{part}"].astype(int))
-            if sizes != {int(match.group(part))}:
-                raise ValueError(
-                    f"{path}: the name says size_{part} = {match.group(part)}, "
-                    f"the rows say {sorted(sizes)}"
-                )
 
 
 # --------------------------------------------------------------------------- summary
@@ -372,8 +208,8 @@ def _config_rows(config: Config, rows: pd.DataFrame, boot: dict) -> list[dict]:
 def summarize_cures(
     df: pd.DataFrame,
     *,
-    n_resamples: int = stats.DEFAULT_RESAMPLES,
-    seed: int = stats.DEFAULT_SEED,
+    n_resamples: int = stats.RESAMPLES,
+    seed: int = stats.SEED,
 ) -> pd.DataFrame:
     """One row per (keep_tokens, size_a, size_b, cure): configurations in the order they
     appear, cures in :func:`cure_rank` order; columns :data:`CURE_SUMMARY_COLUMNS`.
@@ -393,10 +229,6 @@ def summarize_cures(
 # --------------------------------------------------------------------------- verdicts
 
 
-def _finite(*values: float) -> bool:
-    return all(math.isfinite(float(v)) for v in values)
-
-
 def _combine(outcomes: list[str]) -> str:
     """Not supported when any configuration is not, supported when every one is."""
     if NOT_SUPPORTED in outcomes:
@@ -407,17 +239,13 @@ def _combine(outcomes: list[str]) -> str:
 
 
 def _pct(value: float) -> str:
-    return num(value * 100, ".0f", "%")
-
-
-def _pct_ci(low: float, high: float) -> str:
-    return ci(low * 100, high * 100, ".0f", "%")
+    return pct(value, ".0f")
 
 
 def _pct_with_ci(row: pd.Series, name: str) -> str:
     """``row[name]`` and its interval as percentages, e.g. ``91% [85%, 97%]``."""
     low, high = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
-    return f"{_pct(row[name])} {_pct_ci(low, high)}"
+    return f"{_pct(row[name])} {pct_ci(low, high, '.0f')}"
 
 
 def _row_label(row: pd.Series) -> str:
@@ -426,7 +254,7 @@ def _row_label(row: pd.Series) -> str:
 
 def _recovery_outcome(row: pd.Series) -> str:
     low, high = float(row["recovered_ci_low"]), float(row["recovered_ci_high"])
-    if not _finite(low, high):
+    if not finite(low, high):
         return UNDETERMINED
     if low > RECOVER_MIN_SHARE:
         return SUPPORTED
@@ -458,8 +286,8 @@ def _recovery_verdict(cure: str, rows: pd.DataFrame, label: str) -> Verdict:
     evidence = {
         "n_configs": float(len(rows)),
         "min_recovered": float(rows["recovered"].min()) if len(rows) else math.nan,
-        "min_recovered_ci_low": float(lows.min()) if lows.size and _finite(*lows) else math.nan,
-        "max_recovered_ci_high": float(highs.max()) if highs.size and _finite(*highs) else math.nan,
+        "min_recovered_ci_low": float(lows.min()) if lows.size and finite(*lows) else math.nan,
+        "max_recovered_ci_high": float(highs.max()) if highs.size and finite(*highs) else math.nan,
     }
     reason = f"{'; '.join(parts) or 'no configuration measured it'}. {_RECOVERY_RULE}"
     claim = f"{label[0].upper()}{label[1:]} recovers most of the miss penalty"
@@ -474,7 +302,7 @@ def _exact_outcome(row: pd.Series) -> str:
     )
     if floor_misses:
         return UNDETERMINED  # the comparison itself cannot resolve the thresholds here
-    if _finite(kl, top1) and top1 >= EXACT_MIN_TOP1 and kl <= EXACT_MAX_KL:
+    if finite(kl, top1) and top1 >= EXACT_MIN_TOP1 and kl <= EXACT_MAX_KL:
         return SUPPORTED
     if (math.isfinite(top1) and top1 < EXACT_MIN_TOP1) or (math.isfinite(kl) and kl > EXACT_MAX_KL):
         return NOT_SUPPORTED
@@ -510,8 +338,8 @@ def _exact_verdict(cure: str, rows: pd.DataFrame, label: str, uncorrected: bool)
     kls, top1s = rows["kl_mean"].to_numpy(dtype=float), rows["top1_agreement"].to_numpy(dtype=float)
     evidence = {
         "n_configs": float(len(rows)),
-        "max_kl_mean": float(kls.max()) if kls.size and _finite(*kls) else math.nan,
-        "min_top1_agreement": float(top1s.min()) if top1s.size and _finite(*top1s) else math.nan,
+        "max_kl_mean": float(kls.max()) if kls.size and finite(*kls) else math.nan,
+        "min_top1_agreement": float(top1s.min()) if top1s.size and finite(*top1s) else math.nan,
         "max_floor_kl_mean": float(rows["floor_kl_mean"].max()) if len(rows) else math.nan,
     }
     reason = f"{'; '.join(parts) or 'no configuration measured it'}.{note} {_EXACT_RULE}"
@@ -534,16 +362,3 @@ def verdicts_from_summary(summary: pd.DataFrame) -> list[Verdict]:
         found.append(_recovery_verdict(cure, rows, label))
         found.append(_exact_verdict(cure, rows, label, uncorrected))
     return found
-
-
-def cure_verdicts(
-    df: pd.DataFrame,
-    *,
-    n_resamples: int = stats.DEFAULT_RESAMPLES,
-    seed: int = stats.DEFAULT_SEED,
-) -> list[Verdict]:
-    """The verdicts on every cure in the cures rows ``df`` (see :func:`verdicts_from_summary`).
-
-    Unverified trials are dropped here, whatever the caller passed.
-    """
-    return verdicts_from_summary(summarize_cures(df, n_resamples=n_resamples, seed=seed))

@@ -1,12 +1,20 @@
 """Statistics behind every number and verdict in the summary.
 
 The seed reported bare medians of ten wall-clock trials. Ten trials are too few to
-trust a median without an interval, so each estimate here comes with one: a
-percentile bootstrap for medians and ratios of medians (no distributional
-assumption; TTFT distributions are skewed by scheduler noise) and the t distribution
-for least-squares slopes. Everything is a pure function of arrays or DataFrames, so
-that the tests can check it against hand-computed values and the summary can be
-rebuilt from the CSVs alone.
+trust a median without an interval, so each estimate here comes with one. There is one
+bootstrap, :func:`stratified_bootstrap` (scipy's percentile bootstrap, each sample
+resampled on its own), with one resample count (:data:`RESAMPLES`), one seed
+(:data:`SEED`) and one confidence level (:data:`CONFIDENCE`): the medians' intervals,
+the ratios of medians, the cures' shares and every verdict's interval come from it, so
+the same quantity always gets the same interval. No distributional assumption is made:
+TTFT distributions are skewed by scheduler noise. Least-squares slopes get the t
+distribution's interval (:func:`fit_line`). The one rule for slow outliers is
+:func:`slow_outliers`; :mod:`.trials` applies it. Everything is a pure function of
+arrays or DataFrames, so that the tests can check it against hand-computed values and
+the summary can be rebuilt from the CSVs alone. It is one module of about 440 lines, a
+little over the package's usual size, so that every statistical method behind the
+summary can be checked in one place (and the figures, which need only a few of them, do
+not depend on the verdicts' modules).
 """
 
 from __future__ import annotations
@@ -20,13 +28,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-#: Resamples per bootstrap; 10,000 keeps the Monte Carlo error of a 95% bound small.
-DEFAULT_RESAMPLES = 10_000
-DEFAULT_CONFIDENCE = 0.95
+#: Resamples per bootstrap: 10,000 keeps the Monte Carlo error of a 95% bound small, and a
+#: whole summary still takes well under a second.
+RESAMPLES = 10_000
+#: Confidence of every interval, bootstrap or t.
+CONFIDENCE = 0.95
 #: A fixed seed makes every interval in the summary reproducible from the CSVs.
-DEFAULT_SEED = 20_240_611
-#: Resamples are drawn in blocks so that large pooled samples do not need a huge matrix.
-_BLOCK = 2_000
+SEED = 20_240_611
+#: Resamples drawn at once: bounds the bootstrap's memory for large pooled samples.
+_BATCH = 2_000
 
 ArrayLike = Sequence[float] | np.ndarray | pd.Series
 
@@ -38,10 +48,6 @@ class Interval:
     estimate: float
     low: float
     high: float
-
-    def contains(self, value: float) -> bool:
-        """Whether ``value`` lies inside the interval; False when the interval is undefined."""
-        return bool(self.low <= value <= self.high)
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,6 @@ class LineFit:
     slope_ci_high: float
     n: int
 
-    @property
-    def slope_interval(self) -> Interval:
-        """The slope as an :class:`Interval`, for the same checks as the bootstrap results."""
-        return Interval(self.slope, self.slope_ci_low, self.slope_ci_high)
-
-
-NAN_FIT = LineFit(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, 0)
-
 
 def clean(values: ArrayLike) -> np.ndarray:
     """Return the finite values as a float array: a failed trial must not poison a median."""
@@ -100,114 +98,103 @@ def describe(values: ArrayLike) -> dict[str, float]:
     }
 
 
-def _resampled_medians(arr: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
-    """Medians of ``n_resamples`` resamples with replacement of ``arr``."""
-    out = np.empty(n_resamples)
-    for start in range(0, n_resamples, _BLOCK):
-        stop = min(start + _BLOCK, n_resamples)
-        idx = rng.integers(0, arr.size, size=(stop - start, arr.size))
-        out[start:stop] = np.median(arr[idx], axis=1)
-    return out
+def stratified_bootstrap(
+    samples: Sequence[ArrayLike],
+    statistic: Callable[..., np.ndarray],
+    *,
+    n_resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> list[Interval]:
+    """Percentile-bootstrap intervals of a statistic of several independent samples: the
+    one bootstrap behind every interval of the summary but the line fits' slopes.
+
+    Each sample (e.g. the trials of one configuration and condition) is resampled on its
+    own, with replacement and at its own size: :func:`scipy.stats.bootstrap` with one
+    sample per stratum does exactly that. ``statistic(*samples, axis=-1)`` must be
+    vectorised along ``axis`` and return one value, or a stack of values (first axis),
+    per resample; the result is one :class:`Interval` per value, in that order.
+
+    The estimates are the statistic of the samples themselves (NaN when a sample is
+    empty). The bounds are NaN when a sample has fewer than two finite values (a single
+    trial has no spread to resample) or when the statistic is not finite in any resample
+    (e.g. a ratio over a median of 0), so that an interval that cannot be trusted is never
+    mistaken for a narrow one, nor an infinite one reported.
+    """
+    arrays = [clean(s) for s in samples]
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. the median of an empty sample
+        try:
+            estimates = np.atleast_1d(np.asarray(statistic(*arrays, axis=-1), dtype=float))
+        except (ValueError, IndexError):  # a statistic that refuses an empty sample
+            estimates = np.array([math.nan])
+    if any(a.size == 0 for a in arrays):
+        return [Interval(math.nan, math.nan, math.nan) for _ in estimates]
+    if any(a.size < 2 for a in arrays):
+        return [Interval(float(e), math.nan, math.nan) for e in estimates]
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples: handled below, as NaN bounds
+        res = sps.bootstrap(
+            arrays,
+            statistic,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            vectorized=True,
+            batch=_BATCH,
+            rng=np.random.default_rng(seed),
+        )
+    lows = np.atleast_1d(np.asarray(res.confidence_interval.low, dtype=float))
+    highs = np.atleast_1d(np.asarray(res.confidence_interval.high, dtype=float))
+    draws = np.asarray(res.bootstrap_distribution, dtype=float).reshape(estimates.size, -1)
+    undefined = ~np.isfinite(draws).all(axis=1)
+    return [
+        Interval(float(e), math.nan, math.nan) if bad else Interval(float(e), float(lo), float(hi))
+        for e, lo, hi, bad in zip(estimates, lows, highs, undefined, strict=True)
+    ]
 
 
-def _percentile_bounds(draws: np.ndarray, confidence: float) -> tuple[float, float]:
-    """The percentile-bootstrap bounds of ``draws`` at ``confidence``."""
-    alpha = 1.0 - confidence
-    finite = draws[np.isfinite(draws)]
-    if finite.size == 0:
-        return math.nan, math.nan
-    low, high = np.quantile(finite, [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+def _median_of(sample: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.median(sample, axis=axis)
+
+
+def _ratio_of_medians(hit: np.ndarray, miss: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.median(miss, axis=axis) / np.median(hit, axis=axis)
 
 
 def median_ci(
     values: ArrayLike,
     *,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = DEFAULT_SEED,
+    n_resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
 ) -> Interval:
-    """Median with its percentile-bootstrap confidence interval.
+    """Median with its interval from :func:`stratified_bootstrap` (one sample).
 
     With fewer than two values there is no sampling variability to resample, so the
     bounds are NaN rather than a misleading zero-width interval.
     """
-    arr = clean(values)
-    if arr.size < 2:
-        return Interval(median(arr), math.nan, math.nan)
-    draws = _resampled_medians(arr, n_resamples, np.random.default_rng(seed))
-    return Interval(float(np.median(arr)), *_percentile_bounds(draws, confidence))
-
-
-def degradation_pct(hit: ArrayLike, miss: ArrayLike) -> float:
-    """The seed's degradation: (median miss - median hit) / median hit * 100."""
-    return _degradation(median(hit), median(miss))
-
-
-def _degradation(hit_median: float | np.ndarray, miss_median: float | np.ndarray):
-    """Degradation from medians; works elementwise on arrays of bootstrap medians."""
-    with np.errstate(divide="ignore", invalid="ignore"):  # np.divide: a zero hit gives inf
-        return np.divide(miss_median - hit_median, hit_median) * 100.0
-
-
-def _ratio(hit_median: float | np.ndarray, miss_median: float | np.ndarray):
-    """miss / hit from medians; works elementwise on arrays of bootstrap medians."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.divide(miss_median, hit_median)
-
-
-def _two_sample_ci(
-    hit: ArrayLike,
-    miss: ArrayLike,
-    statistic: Callable,
-    *,
-    n_resamples: int,
-    confidence: float,
-    seed: int,
-) -> Interval:
-    """Bootstrap a statistic of (median hit, median miss), resampling each independently.
-
-    The two conditions are independent trials, so they are resampled separately; a
-    paired resample would invent a pairing the design does not have.
-    """
-    h, m = clean(hit), clean(miss)
-    if h.size == 0 or m.size == 0:
-        return Interval(math.nan, math.nan, math.nan)
-    estimate = float(statistic(float(np.median(h)), float(np.median(m))))
-    if h.size < 2 or m.size < 2:
-        return Interval(estimate, math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    hit_draws = _resampled_medians(h, n_resamples, rng)
-    draws = statistic(hit_draws, _resampled_medians(m, n_resamples, rng))
-    return Interval(estimate, *_percentile_bounds(np.asarray(draws), confidence))
-
-
-def degradation_ci(
-    hit: ArrayLike,
-    miss: ArrayLike,
-    *,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = DEFAULT_SEED,
-) -> Interval:
-    """Degradation % with a bootstrap interval (hit and miss resampled independently)."""
-    return _two_sample_ci(
-        hit, miss, _degradation, n_resamples=n_resamples, confidence=confidence, seed=seed
-    )
+    return stratified_bootstrap(
+        [values], _median_of, n_resamples=n_resamples, confidence=confidence, seed=seed
+    )[0]
 
 
 def ratio_ci(
     hit: ArrayLike,
     miss: ArrayLike,
     *,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = DEFAULT_SEED,
+    n_resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
 ) -> Interval:
-    """median(miss) / median(hit) with a bootstrap interval, e.g. for decode throughput."""
-    return _two_sample_ci(
-        hit, miss, _ratio, n_resamples=n_resamples, confidence=confidence, seed=seed
-    )
+    """median(miss) / median(hit) with its interval from :func:`stratified_bootstrap`.
+
+    The two conditions are independent trials, so each is resampled on its own; a paired
+    resample would invent a pairing the design does not have.
+    """
+    return stratified_bootstrap(
+        [hit, miss], _ratio_of_medians, n_resamples=n_resamples, confidence=confidence, seed=seed
+    )[0]
 
 
 def mann_whitney(hit: ArrayLike, miss: ArrayLike) -> MannWhitney:
@@ -223,38 +210,40 @@ def mann_whitney(hit: ArrayLike, miss: ArrayLike) -> MannWhitney:
     return MannWhitney(float(res.statistic), float(res.pvalue))
 
 
-def fit_line(x: ArrayLike, y: ArrayLike, *, confidence: float = DEFAULT_CONFIDENCE) -> LineFit:
-    """Ordinary least squares of y on x, with the slope's standard error and t interval.
+def fit_line(x: ArrayLike, y: ArrayLike, *, confidence: float = CONFIDENCE) -> LineFit:
+    """Ordinary least squares of y on x (:func:`scipy.stats.linregress`), with the slope's
+    standard error and its t interval.
 
     Pairs where either value is not finite are dropped. Fewer than two distinct x values
-    cannot define a line, so the result is all NaN.
+    cannot define a line, so the result is all NaN; two points define one but leave no
+    residual degree of freedom, so its standard error and interval are NaN.
     """
     xa, ya = np.asarray(x, dtype=float).ravel(), np.asarray(y, dtype=float).ravel()
     keep = np.isfinite(xa) & np.isfinite(ya)
     xa, ya = xa[keep], ya[keep]
     if np.unique(xa).size < 2:
         return LineFit(*([math.nan] * 6), n=int(xa.size))
-    dx, dy = xa - xa.mean(), ya - ya.mean()
-    sxx = float(dx @ dx)
-    slope = float(dx @ dy) / sxx
-    intercept = float(ya.mean() - slope * xa.mean())
-    sse = float(np.sum((ya - (slope * xa + intercept)) ** 2))
-    sst = float(dy @ dy)
-    r_squared = 1.0 - sse / sst if sst > 0 else math.nan
-    se, low, high = _slope_uncertainty(sse, sxx, xa.size, slope, confidence)
-    return LineFit(slope, intercept, r_squared, se, low, high, n=int(xa.size))
-
-
-def _slope_uncertainty(
-    sse: float, sxx: float, n: int, slope: float, confidence: float
-) -> tuple[float, float, float]:
-    """Standard error of the slope and its t-distribution interval (NaN when n < 3)."""
-    dof = n - 2
-    if dof < 1:
-        return math.nan, math.nan, math.nan
-    se = math.sqrt(sse / dof / sxx)
-    t_crit = float(sps.t.ppf(0.5 + confidence / 2, dof))
-    return se, slope - t_crit * se, slope + t_crit * se
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a flat y: r is undefined, handled below
+        res = sps.linregress(xa, ya)
+    slope, intercept = float(res.slope), float(res.intercept)
+    dof = xa.size - 2
+    if dof < 1:  # linregress reports 0 here: there is no residual to estimate it from
+        se = math.nan
+    elif np.ptp(ya) == 0:  # linregress reports NaN (r is 0/0), but y lies on its line
+        se = 0.0
+    else:
+        se = float(res.stderr)
+    t_crit = float(sps.t.ppf(0.5 + confidence / 2, dof)) if dof >= 1 else math.nan
+    return LineFit(
+        slope,
+        intercept,
+        float(res.rvalue) ** 2,  # NaN when y does not vary
+        se,
+        slope - t_crit * se,
+        slope + t_crit * se,
+        n=int(xa.size),
+    )
 
 
 def _condition(df: pd.DataFrame, condition: str) -> pd.DataFrame:
@@ -263,7 +252,7 @@ def _condition(df: pd.DataFrame, condition: str) -> pd.DataFrame:
 
 
 def fit_miss_ttft_vs_recomputed(df: pd.DataFrame) -> LineFit:
-    """Miss TTFT (ms) against tokens recomputed, over every miss trial of every configuration.
+    """Miss TTFT (ms) against tokens recomputed, over the miss trials of every configuration.
 
     The slope is the marginal cost of recomputing one token; the seed's "linear in B"
     claim is that this line fits.
@@ -273,7 +262,7 @@ def fit_miss_ttft_vs_recomputed(df: pd.DataFrame) -> LineFit:
 
 
 def fit_prefill_vs_recomputed(df: pd.DataFrame) -> LineFit:
-    """llama.cpp's prefill ms against tokens recomputed, over every miss trial.
+    """llama.cpp's prefill ms against tokens recomputed, over the miss trials.
 
     Same points as :func:`fit_miss_ttft_vs_recomputed` but without the harness's
     overhead, so the two slopes should agree if the overhead does not grow with B.
@@ -283,19 +272,9 @@ def fit_prefill_vs_recomputed(df: pd.DataFrame) -> LineFit:
 
 
 def fit_hit_ttft_vs_b(df: pd.DataFrame) -> LineFit:
-    """Hit TTFT (ms) against size_b over every hit trial: the seed says the slope is zero."""
+    """Hit TTFT (ms) against size_b over the hit trials: the seed says the slope is zero."""
     hit = _condition(df, "hit")
     return fit_line(hit["size_b"], hit["ttft_ms"])
-
-
-def decode_ratio(df: pd.DataFrame, **bootstrap: float) -> Interval:
-    """Median decode throughput of miss over hit, with a bootstrap interval.
-
-    Uses ``decode_tok_s`` (decoding alone), since the seed's ``throughput_tok_s`` also
-    contains prefill and would show the cache effect by construction.
-    """
-    hit, miss = _condition(df, "hit"), _condition(df, "miss")
-    return ratio_ci(hit["decode_tok_s"], miss["decode_tok_s"], **bootstrap)
 
 
 def prefill_tok_s(df: pd.DataFrame) -> float:
@@ -311,14 +290,12 @@ def prefill_tok_s(df: pd.DataFrame) -> float:
     return float(tokens[keep].sum()) / total_ms * 1000.0 if total_ms > 0 else math.nan
 
 
-# --------------------------------------------------------------------------- verdict statistics
+# --------------------------------------------------------------------------- shapes and tests
 #
 # The verdicts compare configurations. Trials within one configuration are repeats of the
 # same measurement, not independent points along B, so the functions below treat the
-# configuration as the unit: a location per configuration (a median, robust to the
-# shared machine's occasional 1.5-3x slow trials), intervals from a bootstrap that
-# resamples trials within each configuration independently (a stratified bootstrap), and
-# shapes (slope, curvature) fitted through the configurations' locations.
+# configuration as the unit: shapes (slope, curvature) are fitted through the
+# configurations' locations, and their intervals come from :func:`stratified_bootstrap`.
 
 
 @dataclass(frozen=True)
@@ -338,60 +315,6 @@ class LackOfFit:
 NAN_LACK_OF_FIT = LackOfFit(math.nan, math.nan, math.nan, math.nan)
 #: The normal distribution's upper quartile: MAD / this estimates a normal sigma.
 _NORMAL_Q3 = float(sps.norm.ppf(0.75))
-
-
-def stratified_bootstrap(
-    samples: Sequence[ArrayLike],
-    statistic: Callable[..., np.ndarray],
-    *,
-    n_resamples: int = DEFAULT_RESAMPLES,
-    confidence: float = DEFAULT_CONFIDENCE,
-    seed: int = DEFAULT_SEED,
-) -> list[Interval]:
-    """Percentile-bootstrap intervals of a statistic of several independent samples.
-
-    Each sample (e.g. the trials of one configuration and condition) is resampled on its
-    own, with replacement and at its own size: :func:`scipy.stats.bootstrap` with one
-    sample per stratum does exactly that. ``statistic(*samples, axis=-1)`` must be
-    vectorised along ``axis`` and return one value, or a stack of values (first axis),
-    per resample; the result is one :class:`Interval` per value, in that order.
-
-    The estimates are the statistic of the samples themselves (NaN when a sample is
-    empty). The bounds are NaN when a sample has fewer than two finite values (a single
-    trial has no spread to resample) or when the statistic is undefined (NaN) in any
-    resample, so that an interval that cannot be trusted is never mistaken for a narrow
-    one.
-    """
-    arrays = [clean(s) for s in samples]
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. the median of an empty sample
-        try:
-            estimates = np.atleast_1d(np.asarray(statistic(*arrays, axis=-1), dtype=float))
-        except (ValueError, IndexError):  # a statistic that refuses an empty sample
-            estimates = np.array([math.nan])
-    if any(a.size == 0 for a in arrays):
-        return [Interval(math.nan, math.nan, math.nan) for _ in estimates]
-    if any(a.size < 2 for a in arrays):
-        return [Interval(float(e), math.nan, math.nan) for e in estimates]
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # degenerate resamples: handled below, as NaN
-        res = sps.bootstrap(
-            arrays,
-            statistic,
-            n_resamples=n_resamples,
-            confidence_level=confidence,
-            method="percentile",
-            vectorized=True,
-            rng=np.random.default_rng(seed),
-        )
-    lows = np.atleast_1d(np.asarray(res.confidence_interval.low, dtype=float))
-    highs = np.atleast_1d(np.asarray(res.confidence_interval.high, dtype=float))
-    draws = np.asarray(res.bootstrap_distribution, dtype=float).reshape(estimates.size, -1)
-    undefined = np.isnan(draws).any(axis=1)
-    return [
-        Interval(float(e), math.nan, math.nan) if bad else Interval(float(e), float(lo), float(hi))
-        for e, lo, hi, bad in zip(estimates, lows, highs, undefined, strict=True)
-    ]
 
 
 def line_and_bow(x: ArrayLike, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -470,22 +393,15 @@ def slow_outliers(values: ArrayLike, *, k: float, slow: str = "high", min_n: int
     return flags
 
 
-def mann_whitney_greater(lower: ArrayLike, higher: ArrayLike) -> float:
-    """One-sided Mann-Whitney p-value that ``higher`` tends to exceed ``lower``.
-
-    NaN when either sample is empty. scipy picks the exact null distribution for small
-    samples without ties and the normal approximation otherwise.
-    """
-    return float(mann_whitney_greater_each([lower], [higher])[0])
-
-
 def mann_whitney_greater_each(
     lowers: Sequence[ArrayLike], highers: Sequence[ArrayLike]
 ) -> np.ndarray:
-    """:func:`mann_whitney_greater` of each pair (lowers[i], highers[i]).
+    """One-sided Mann-Whitney p-value that ``highers[i]`` tends to exceed ``lowers[i]``.
 
-    Pairs of the same sizes above 8 (where scipy always uses the normal approximation)
-    go through one vectorised call; the p-values are those of one call per pair.
+    NaN where either sample is empty. scipy picks the exact null distribution for small
+    samples without ties and the normal approximation otherwise. Pairs of the same sizes
+    above 8 (where scipy always uses the normal approximation) go through one vectorised
+    call; the p-values are those of one call per pair.
     """
     out = np.full(len(lowers), math.nan)
     batches: dict[tuple[int, int], list[tuple[int, np.ndarray, np.ndarray]]] = {}

@@ -1,5 +1,11 @@
 """Verdicts on the experiment's hypothesis and on the seed's three claims.
 
+This module is longer than the package's others (about 500 lines) on purpose: it holds
+every rule that decides a claim, each beside the numbers it reads and the sentence it
+writes, so that a scientist can check all four decisions by reading this one file. The
+data it starts from (:mod:`.trials`), the statistics (:mod:`.stats`) and the number
+formats (:mod:`.formatting`) are elsewhere.
+
 Every verdict is SUPPORTED, NOT SUPPORTED or UNDETERMINED, and its ``reason`` names the
 numbers and the thresholds that decided it. A verdict is never SUPPORTED because the data
 were too noisy to say anything: a claim of "no effect" (hit TTFT constant, decode
@@ -11,28 +17,21 @@ needed interval that is not finite, is UNDETERMINED.
 How the numbers are made, and why (``benchmarks/verdict_calibration.py`` simulates the
 seed's design under known truths and prints how often each verdict comes out):
 
-- Trials that failed cache verification, and trials without a finite TTFT, never enter
-  a statistic or a verdict.
+- The trials are those of :func:`.trials.by_configuration`, as for the seed's table:
+  verified, with a finite TTFT, and slow outliers set aside (each reason says how many).
 - The configuration (size_a, size_b), not the trial, is the unit along B: the trials of
   one configuration repeat one measurement. Each configuration contributes its median,
   and slopes and curvature are fitted through the configurations' medians. (Least
   squares over every trial treats 30 trials as 30 independent points along B; errors
   clustered by configuration have 2 degrees of freedom with 3 configurations, and their
   95% intervals covered the truth in only about 75% of simulated runs.)
-- Intervals are percentile bootstraps that resample the trials of each configuration
-  and condition on their own (a stratified bootstrap, :func:`.stats.stratified_bootstrap`),
-  with a fixed seed, so every verdict is reproducible from the CSVs.
-- A trial far slower than the rest of its configuration and condition (more than
-  :data:`SLOW_OUTLIER_K` robust standard deviations, on the log scale) is set aside as
-  a hiccup of the shared machine, and the reason says how many were. Medians alone
-  resist such trials, but their bootstrap does not: in a configuration with 2 slow
-  trials of 10, 3% of resamples draw 5 or more of them, which moves an interval's end
-  to the hiccups' level and left most equivalence tests undetermined even at 5% noise.
+- Intervals come from the package's one bootstrap, :func:`.stats.stratified_bootstrap`,
+  which resamples the trials of each configuration and condition on their own, with a
+  fixed seed, so every verdict is reproducible from the CSVs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,23 +39,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from kvcache_exp.analysis import stats
+from kvcache_exp.analysis import stats, trials
 from kvcache_exp.analysis.formatting import ci as _ci
+from kvcache_exp.analysis.formatting import finite as _finite
 from kvcache_exp.analysis.formatting import num as _num
-from kvcache_exp.analysis.load import verified_only
+from kvcache_exp.analysis.formatting import pct, pct_ci
+from kvcache_exp.analysis.trials import Configuration
 
 SUPPORTED, NOT_SUPPORTED, UNDETERMINED = "supported", "not supported", "undetermined"
 
-#: Confidence of every interval a verdict uses, and the level of every test.
-CONFIDENCE = 0.95
+#: Confidence of every interval a verdict uses (the package's one level), and the level
+#: of every test.
+CONFIDENCE = stats.CONFIDENCE
 ALPHA = 0.05
-#: Resamples of the verdicts' bootstrap (the calibration passes fewer, for speed).
-VERDICT_RESAMPLES = 4_000
-
-#: A trial more than this many robust standard deviations slower than its configuration's
-#: median (log scale, per condition; see :func:`.stats.slow_outliers`) is set aside as a
-#: hiccup of the shared machine; None keeps every trial. See the module docstring.
-SLOW_OUTLIER_K: float | None = 5.0
 
 #: Hit TTFT counts as constant when the change over the tested B range, as a share of the
 #: hit TTFT, has its whole interval inside ±this; as changing when it is at least this.
@@ -85,121 +80,29 @@ class Verdict:
     evidence: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Config:
-    """The usable trials of one configuration, as arrays."""
-
-    size_a: int
-    size_b: int
-    hit: np.ndarray  # TTFT ms
-    miss: np.ndarray
-    hit_decode: np.ndarray  # decode tok/s
-    miss_decode: np.ndarray
-    x_miss: float  # tokens recomputed on a miss (B + Q), or B when not recorded
-    set_aside: tuple[int, int, int, int] = (0, 0, 0, 0)  # slow trials, same order as above
-
-    @property
-    def label(self) -> str:
-        return f"{self.size_a}/{self.size_b}"
-
-
 # --------------------------------------------------------------------------- public
 
 
-def fits(df: pd.DataFrame) -> dict[str, stats.LineFit]:
-    """The three least-squares lines over every trial, keyed by a short name.
-
-    These describe the data for the summary's table; the verdicts do not use them (the
-    trials of one configuration are not independent points along B).
-    """
-    return {
-        "miss_ttft_vs_recomputed": stats.fit_miss_ttft_vs_recomputed(df),
-        "miss_prefill_vs_recomputed": stats.fit_prefill_vs_recomputed(df),
-        "hit_ttft_vs_b": stats.fit_hit_ttft_vs_b(df),
-    }
-
-
 def verdicts(
-    df: pd.DataFrame, *, n_resamples: int = VERDICT_RESAMPLES, seed: int = stats.DEFAULT_SEED
+    df: pd.DataFrame, *, n_resamples: int = stats.RESAMPLES, seed: int = stats.SEED
 ) -> list[Verdict]:
     """The hypothesis (a miss costs more than a hit) and the seed's three claims.
 
     In this order: "miss_costlier", "hit_constant", "miss_linear", "decode_unaffected".
-    Unverified trials and trials without a finite TTFT are dropped here, whatever the
-    caller passed.
+    Unverified trials, trials without a finite TTFT and slow outliers are dropped here
+    (:func:`.trials.by_configuration`), whatever the caller passed.
     """
-    configs = _configs(df)
+    configs = trials.by_configuration(df)
     boot = {"n_resamples": n_resamples, "seed": seed}
     return [
-        _overall_miss_costlier(_miss_costlier(configs, **boot)),
+        _overall_miss_costlier(miss_costlier_per_config(configs, **boot)),
         _verdict_hit_constant(configs, **boot),
         _verdict_miss_linear(configs, **boot),
         _verdict_decode(configs, **boot),
     ]
 
 
-def miss_costlier_by_config(
-    df: pd.DataFrame, *, n_resamples: int = VERDICT_RESAMPLES, seed: int = stats.DEFAULT_SEED
-) -> list[Verdict]:
-    """The hypothesis in each configuration, in the order the configurations appear."""
-    return _miss_costlier(_configs(df), n_resamples=n_resamples, seed=seed)
-
-
-# --------------------------------------------------------------------------- data
-
-
-def _numeric(rows: pd.DataFrame, column: str) -> np.ndarray:
-    """A column as floats (NaN where missing or not a number)."""
-    if column not in rows.columns:
-        return np.full(len(rows), math.nan)
-    return pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
-
-
-def _configs(df: pd.DataFrame) -> list[_Config]:
-    """One :class:`_Config` per (size_a, size_b), in the order they first appear.
-
-    Only verified hit/miss trials with a finite TTFT and known sizes are kept.
-    """
-    rows = verified_only(df) if "cache_verified" in df.columns else df
-    cond = rows["condition"].astype(str).to_numpy()
-    ttft, size_a, size_b = (_numeric(rows, c) for c in ("ttft_ms", "size_a", "size_b"))
-    decode, recomputed = _numeric(rows, "decode_tok_s"), _numeric(rows, "tokens_recomputed")
-    keep = np.isin(cond, ("hit", "miss")) & np.isfinite(ttft + size_a + size_b)
-    cond, ttft, decode, recomputed = cond[keep], ttft[keep], decode[keep], recomputed[keep]
-    pairs = np.column_stack([size_a[keep], size_b[keep]])
-    unique, first, codes = np.unique(pairs, axis=0, return_index=True, return_inverse=True)
-    configs = []
-    for code in np.argsort(first):  # in the order the configurations first appear
-        here = codes.ravel() == code
-        hit, miss = here & (cond == "hit"), here & (cond == "miss")
-        samples = [
-            _without_slow(ttft[hit], "high"),
-            _without_slow(ttft[miss], "high"),
-            _without_slow(stats.clean(decode[hit]), "low"),
-            _without_slow(stats.clean(decode[miss]), "low"),
-        ]
-        configs.append(
-            _Config(
-                int(unique[code, 0]),
-                int(unique[code, 1]),
-                *(kept for kept, _ in samples),
-                x_miss=stats.median(recomputed[miss]),
-                set_aside=tuple(n for _, n in samples),
-            )
-        )
-    if any(not math.isfinite(c.x_miss) for c in configs if c.miss.size):
-        # Seed-style CSVs do not record it. Q is the same in every configuration, so
-        # B gives the same slope and the same bow as B + Q.
-        configs = [dataclasses.replace(c, x_miss=float(c.size_b)) for c in configs]
-    return configs
-
-
-def _without_slow(values: np.ndarray, slow: str) -> tuple[np.ndarray, int]:
-    """The values without the slow outliers, and how many were set aside."""
-    if SLOW_OUTLIER_K is None:
-        return values, 0
-    flags = stats.slow_outliers(values, k=SLOW_OUTLIER_K, slow=slow)
-    return values[~flags], int(flags.sum())
+# --------------------------------------------------------------------------- helpers
 
 
 def _medians(samples: Sequence[np.ndarray], axis: int = -1) -> np.ndarray:
@@ -212,16 +115,12 @@ def _aside(n: int) -> str:
     return f"; {n} slow outlier trial{'s' if n != 1 else ''} set aside" if n else ""
 
 
-def _finite(*values: float) -> bool:
-    return all(math.isfinite(v) for v in values)
-
-
 def _pct(value: float) -> str:
-    return _num(value * 100, "+.1f", "%")
+    return pct(value, "+.1f")
 
 
 def _pct_ci(interval: stats.Interval) -> str:
-    return _ci(interval.low * 100, interval.high * 100, "+.1f", "%")
+    return pct_ci(interval.low, interval.high, "+.1f")
 
 
 # --------------------------------------------------------------------------- hypothesis
@@ -237,8 +136,14 @@ _MISS_COSTLIER_RULE = (
 )
 
 
-def _miss_costlier(configs: list[_Config], *, n_resamples: int, seed: int) -> list[Verdict]:
-    """The hypothesis in each configuration: a one-sided rank test and a ratio interval."""
+def miss_costlier_per_config(
+    configs: list[Configuration], *, n_resamples: int = stats.RESAMPLES, seed: int = stats.SEED
+) -> list[Verdict]:
+    """The hypothesis in each configuration: a one-sided rank test and a ratio interval.
+
+    The ratio and its interval are also the seed's table's cost ratio and, as
+    (ratio - 1) * 100, its degradation (:mod:`.tables`).
+    """
     hits, misses = [c.hit for c in configs], [c.miss for c in configs]
     slower = stats.mann_whitney_greater_each(hits, misses)
     faster = stats.mann_whitney_greater_each(misses, hits)
@@ -253,7 +158,7 @@ def _miss_costlier(configs: list[_Config], *, n_resamples: int, seed: int) -> li
 
 
 def _ratio_intervals(
-    configs: list[_Config], *, n_resamples: int, seed: int
+    configs: list[Configuration], *, n_resamples: int, seed: int
 ) -> list[stats.Interval]:
     """median(miss) / median(hit) TTFT per configuration, with bootstrap intervals.
 
@@ -266,7 +171,7 @@ def _ratio_intervals(
         k = len(samples) // 2
         return _medians(samples[k:], axis) / _medians(samples[:k], axis)
 
-    def boot(group: list[_Config]) -> list[stats.Interval]:
+    def boot(group: list[Configuration]) -> list[stats.Interval]:
         return stats.stratified_bootstrap(
             [c.hit for c in group] + [c.miss for c in group],
             lambda *s, axis=-1: np.moveaxis(ratios(*s, axis=axis), -1, 0),
@@ -281,7 +186,7 @@ def _ratio_intervals(
 
 
 def _miss_costlier_verdict(
-    config: _Config, tests: Sequence[float], ratio: stats.Interval
+    config: Configuration, tests: Sequence[float], ratio: stats.Interval
 ) -> Verdict:
     """One configuration's verdict from the two one-sided tests and the ratio's interval."""
     p, p_adjusted, p_faster, p_faster_adjusted = (float(t) for t in tests)
@@ -290,7 +195,7 @@ def _miss_costlier_verdict(
         f"({CONFIDENCE:.0%} CI {_ci(ratio.low, ratio.high, '.3g')}), one-sided Mann-Whitney "
         f"p = {_num(p, '.2g')} for a slower miss (Holm-Šidák-adjusted {_num(p_adjusted, '.2g')}), "
         f"{config.hit.size} hit / {config.miss.size} miss trials"
-        f"{_aside(config.set_aside[0] + config.set_aside[1])}."
+        f"{_aside(config.ttft_set_aside)}."
     )
     if not _finite(ratio.low, ratio.high, p_adjusted, p_faster_adjusted):
         status = UNDETERMINED
@@ -317,7 +222,7 @@ def _miss_costlier_verdict(
         "p_faster_adjusted": p_faster_adjusted,
         "n_hit": float(config.hit.size),
         "n_miss": float(config.miss.size),
-        "n_set_aside": float(config.set_aside[0] + config.set_aside[1]),
+        "n_set_aside": float(config.ttft_set_aside),
     }
     return Verdict("miss_costlier", MISS_COSTLIER_CLAIM, status, f"{numbers} {why}", evidence)
 
@@ -366,7 +271,7 @@ def _overall_miss_costlier(per_config: list[Verdict]) -> Verdict:
 HIT_CONSTANT_CLAIM = "Cache-hit TTFT is constant across configurations"
 
 
-def _verdict_hit_constant(configs: list[_Config], *, n_resamples: int, seed: int) -> Verdict:
+def _verdict_hit_constant(configs: list[Configuration], *, n_resamples: int, seed: int) -> Verdict:
     """Claim 1, as an equivalence test on the change of hit TTFT over the B range."""
     margin = HIT_CONSTANT_MAX_CHANGE
     rule = (
@@ -432,7 +337,7 @@ def _verdict_hit_constant(configs: list[_Config], *, n_resamples: int, seed: int
 MISS_LINEAR_CLAIM = "Cache-miss TTFT grows linearly with B (the tokens recomputed)"
 
 
-def _verdict_miss_linear(configs: list[_Config], *, n_resamples: int, seed: int) -> Verdict:
+def _verdict_miss_linear(configs: list[Configuration], *, n_resamples: int, seed: int) -> Verdict:
     """Claim 2: a rising line, with a bounded bow and no lack of fit beyond the repeats."""
     margin = MISS_LINEAR_MAX_BOW
     rule = (
@@ -523,7 +428,7 @@ def _verdict_miss_linear(configs: list[_Config], *, n_resamples: int, seed: int)
 DECODE_CLAIM = "Decode throughput is unaffected by cache state"
 
 
-def _verdict_decode(configs: list[_Config], *, n_resamples: int, seed: int) -> Verdict:
+def _verdict_decode(configs: list[Configuration], *, n_resamples: int, seed: int) -> Verdict:
     """Claim 3, as an equivalence test on the ratio of median decode tok/s miss / hit."""
     low, high = DECODE_RATIO_BOUNDS
     bounds = f"[{low:.2f}, {high:.2f}]"

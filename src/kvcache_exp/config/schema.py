@@ -45,11 +45,6 @@ def describe_key(key: str) -> str:
     return " ".join(str(load_schema()["properties"][key].get("description", "")).split())
 
 
-def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with every missing top-level setting set to its default."""
-    return {**defaults(), **config}
-
-
 def _where(path: list[Any], config: dict[str, Any]) -> str:
     """A readable location such as ``experiments[2] (size_a=-5, size_b=10).size_a``."""
     out = ""

@@ -19,7 +19,6 @@ from pathlib import Path
 from kvcache_exp.measure import text as textgen
 
 Tokenize = Callable[[str], list[int]]
-Detokenize = Callable[[list[int]], str]
 
 #: Seeds of the word streams; distinct so that S, A, B and Q never repeat each other.
 _SEED_A, _SEED_B, _SEED_Q, _SEED_S = 1, 2, 3, 4

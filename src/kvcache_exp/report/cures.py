@@ -14,15 +14,11 @@ import os
 import pandas as pd
 
 from kvcache_exp.analysis import stats
+from kvcache_exp.analysis.cure_names import HIT, MISS, config_label, cure_label, is_uncorrected
 from kvcache_exp.analysis.cures import (
     EXACT_MAX_KL,
     EXACT_MIN_TOP1,
-    HIT,
-    MISS,
     RECOVER_MIN_SHARE,
-    config_label,
-    cure_label,
-    is_uncorrected,
     summarize_cures,
     verdicts_from_summary,
 )
@@ -150,8 +146,8 @@ def section(
     df: pd.DataFrame,
     *,
     summary: pd.DataFrame | None = None,
-    n_resamples: int = stats.DEFAULT_RESAMPLES,
-    seed: int = stats.DEFAULT_SEED,
+    n_resamples: int = stats.RESAMPLES,
+    seed: int = stats.SEED,
 ) -> Section:
     """The "Cures for a miss" section from the cures rows ``df`` (:func:`load_cures`).
 
@@ -184,8 +180,8 @@ def write_cures_summary(
     out_csv: str | os.PathLike[str],
     *,
     summary: pd.DataFrame | None = None,
-    n_resamples: int = stats.DEFAULT_RESAMPLES,
-    seed: int = stats.DEFAULT_SEED,
+    n_resamples: int = stats.RESAMPLES,
+    seed: int = stats.SEED,
 ) -> pd.DataFrame:
     """Write :func:`summarize_cures`'s table to ``out_csv`` atomically, and return it (so
     that the section and the figure can reuse it). Header only when there are no cures."""

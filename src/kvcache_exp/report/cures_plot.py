@@ -23,19 +23,16 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from kvcache_exp.analysis.cures import (
-    EXACT_MAX_KL,
-    EXACT_MIN_TOP1,
+from kvcache_exp.analysis.cure_names import (
     HIT,
     MISS,
     SHIFT,
     config_label,
-    configurations,
     cure_label,
     is_uncorrected,
     recompute_share,
-    summarize_cures,
 )
+from kvcache_exp.analysis.cures import EXACT_MAX_KL, EXACT_MIN_TOP1, configurations, summarize_cures
 from kvcache_exp.report.plotting import COLORS, MARKERS, _save
 
 #: KL is 0 for the miss (and often for the noise floor): a symlog axis shows 0 and spans

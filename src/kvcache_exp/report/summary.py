@@ -6,6 +6,7 @@ Numbers come from :mod:`kvcache_exp.analysis`; this module arranges them into on
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -13,12 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from kvcache_exp import provenance
-from kvcache_exp.analysis import stats
-from kvcache_exp.analysis.cures import load_cures, summarize_cures
+from kvcache_exp.analysis import stats, trials
+from kvcache_exp.analysis.cures import summarize_cures
 from kvcache_exp.analysis.formatting import ci, num, with_ci
-from kvcache_exp.analysis.load import load_results, verified_only
-from kvcache_exp.analysis.tables import summarize
-from kvcache_exp.analysis.verdicts import Verdict, fits, verdicts
+from kvcache_exp.analysis.load import load_cures, load_results
+from kvcache_exp.analysis.tables import fits, summarize
+from kvcache_exp.analysis.verdicts import Verdict, verdicts
 from kvcache_exp.outputs import atomic_open
 from kvcache_exp.report import pages
 from kvcache_exp.report.cures import section as cures_section
@@ -78,9 +79,12 @@ def interval_table(summary: pd.DataFrame) -> Section:
         "p (two-sided)",
     ]
     intro = (
-        "Medians with 95% percentile-bootstrap intervals "
-        f"({stats.DEFAULT_RESAMPLES:,} resamples, fixed seed); degradation resamples hit and "
-        "miss independently; U is the hit sample's statistic."
+        f"Medians with {stats.CONFIDENCE:.0%} percentile-bootstrap intervals "
+        f"({stats.RESAMPLES:,} resamples, fixed seed; each condition resampled on its own). "
+        f"Every figure uses the verified trials, and {trials.outlier_rule()}, as for the "
+        "verdicts (how many is in the verdicts' table). "
+        "The degradation is (median miss / median hit − 1) · 100, with the interval of the "
+        "verdicts' miss/hit ratio. U is the hit sample's statistic."
     )
     return Section("TTFT per configuration, with uncertainty", [intro, Table(header, rows)])
 
@@ -102,13 +106,20 @@ def fits_section(line_fits: dict[str, stats.LineFit]) -> Section:
         ]
         for key, fit in line_fits.items()
     ]
-    header = ["Fit (every trial)", "Points", "Slope ms/token [95% CI]", "Intercept ms", "R²"]
-    intro = "Ordinary least squares over every trial; slope intervals from the t distribution."
+    header = ["Fit (every kept trial)", "Points", "Slope ms/token [95% CI]", "Intercept ms", "R²"]
+    intro = (
+        "Ordinary least squares over every kept trial (slow outliers set aside); slope "
+        "intervals from the t distribution."
+    )
     return Section("Fits across configurations", [intro, Table(header, rows)])
 
 
 def throughput_section(summary: pd.DataFrame, pooled: stats.Interval) -> Section:
-    """Generation, decode and prefill throughput, and the decode ratio miss/hit."""
+    """Generation, decode and prefill throughput, and the decode ratio miss/hit.
+
+    ``pooled`` is the decode verdict's ratio over all configurations, so that the section
+    and the verdict print one interval for it.
+    """
     rows = [
         [
             _config(r),
@@ -179,7 +190,6 @@ def build(
     verdict: their numbers do not measure what the design says.
     """
     summary = summarize(df)
-    verified = verified_only(df)
     notes = list(warnings or [])
     unverified = int(summary["n_unverified"].sum())
     if unverified:
@@ -187,15 +197,24 @@ def build(
             f"{unverified} trial(s) failed cache verification (`cache_verified` is False); "
             "they are left out of every number and verdict below."
         )
+    found = verdicts(df)
     sections = [
         seed_table(summary),
         interval_table(summary),
-        fits_section(fits(verified)),
-        throughput_section(summary, stats.decode_ratio(verified)),
-        verdicts_section(verdicts(verified), summary),
+        fits_section(fits(df)),
+        throughput_section(summary, _pooled_decode_ratio(found)),
+        verdicts_section(found, summary),
         *(extra or []),
     ]
     return Document(f"KV-cache prefix invalidation: {model_name}", sections, notes)
+
+
+def _pooled_decode_ratio(found: list[Verdict]) -> stats.Interval:
+    """The decode verdict's median decode tok/s miss / hit, all configurations pooled."""
+    evidence = next((v.evidence for v in found if v.key == "decode_unaffected"), {})
+    return stats.Interval(
+        *(evidence.get(k, math.nan) for k in ("ratio", "ratio_ci_low", "ratio_ci_high"))
+    )
 
 
 class PoolingError(ValueError):
