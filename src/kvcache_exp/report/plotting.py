@@ -18,7 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kvcache_exp.analysis import stats
+from kvcache_exp.analysis import stats, trials
+from kvcache_exp.analysis.load import load_results, verified_flags
 from kvcache_exp.columns import CONDITIONS
 from kvcache_exp.outputs import atomic_open
 
@@ -61,10 +62,32 @@ def _label_once(label: str, seen: set[str]) -> str | None:
     return label
 
 
+#: How the trials that enter no statistic (unverified, or set aside as slow outliers) are
+#: drawn: hollow, so that a reader sees them and sees that the median leaves them out.
+LEFT_OUT_STYLE = {"facecolors": "none", "edgecolors": "0.45", "s": 22, "linewidths": 0.8}
+
+
 def _trials_with_median(
-    ax: Axes, x: float, values: np.ndarray, style: dict, seen: set[str]
+    ax: Axes,
+    x: float,
+    values: np.ndarray,
+    style: dict,
+    seen: set[str],
+    left_out: np.ndarray | None = None,
 ) -> None:
-    """Every trial as a jittered point, the median as a bar, and its 95% CI beside them."""
+    """Every trial as a jittered point, the median as a bar, and its 95% CI beside them.
+
+    ``values`` are the trials the summary uses; ``left_out`` the others, drawn hollow.
+    """
+    if left_out is not None and left_out.size:
+        rng = np.random.default_rng(JITTER_SEED + 1)
+        ax.scatter(
+            x + rng.uniform(-JITTER, JITTER, left_out.size),
+            left_out,
+            marker=style["marker"],
+            label=_label_once("left out: unverified or slow outlier", seen),
+            **LEFT_OUT_STYLE,
+        )
     if values.size == 0:
         return
     rng = np.random.default_rng(JITTER_SEED)
@@ -110,8 +133,17 @@ def _legend_keys(ax: Axes) -> None:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # never on data
 
 
-def _draw_ttft(ax: Axes, df: pd.DataFrame, configs: list[tuple[int, int]]) -> None:
-    """Hit and miss TTFT per configuration."""
+def _left_out(df: pd.DataFrame, kept: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``df`` that ``kept`` does not hold."""
+    return df[~df.index.isin(kept.index)]
+
+
+def _draw_ttft(
+    ax: Axes, df: pd.DataFrame, configs: list[tuple[int, int]], kept: pd.DataFrame
+) -> None:
+    """Hit and miss TTFT per configuration: the summary's trials (``kept``) and its
+    medians, the others hollow."""
+    left = _left_out(df, kept)
     seen: set[str] = set()
     annotate = len(configs) <= ANNOTATE_MAX_CONFIGS
     for i, config in enumerate(configs):
@@ -122,7 +154,14 @@ def _draw_ttft(ax: Axes, df: pd.DataFrame, configs: list[tuple[int, int]]) -> No
                 "label": f"{cond} trials",
                 "annotate": annotate,
             }
-            _trials_with_median(ax, i + offset, _values(df, config, cond, "ttft_ms"), style, seen)
+            _trials_with_median(
+                ax,
+                i + offset,
+                _values(kept, config, cond, "ttft_ms"),
+                style,
+                seen,
+                left_out=_values(left, config, cond, "ttft_ms"),
+            )
     _config_axis(ax, configs)
     ax.set_ylabel("TTFT (ms)")
     ax.set_ylim(bottom=0)
@@ -131,7 +170,9 @@ def _draw_ttft(ax: Axes, df: pd.DataFrame, configs: list[tuple[int, int]]) -> No
 
 
 def _draw_throughput(ax: Axes, df: pd.DataFrame, configs: list[tuple[int, int]]) -> None:
-    """Generation and decode-only throughput per configuration and condition."""
+    """Generation and decode-only throughput per configuration and condition, over the
+    verified trials (an unverified trial did not run the designed calls)."""
+    df = df[verified_flags(df["cache_verified"]).ne(False)] if "cache_verified" in df else df
     seen: set[str] = set()
     offsets = iter(np.linspace(-0.3, 0.3, len(THROUGHPUT_SERIES) * len(CONDITIONS)))
     for column, name, marker in THROUGHPUT_SERIES:
@@ -165,13 +206,18 @@ def _save(fig: Figure, out_png: str | os.PathLike[str]) -> None:
         fig.savefig(fh, format="png", dpi=120)
 
 
+def _kept(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials the summary's TTFT statistics use (:mod:`kvcache_exp.analysis.trials`)."""
+    return trials.kept_rows(df, trials.by_configuration(df))
+
+
 def plot_all_configs(df: pd.DataFrame, out_png: str | os.PathLike[str], model_name: str) -> None:
     """The main figure: TTFT per configuration (top) and throughput (bottom)."""
     configs = configurations(df)
     width = max(10.0, 1.3 * len(configs) + 6.0)
     fig = Figure(figsize=(width, 9.5), layout="constrained")
     top, bottom = fig.subplots(2, 1)
-    _draw_ttft(top, df, configs)
+    _draw_ttft(top, df, configs, _kept(df))
     _draw_throughput(bottom, df, configs)
     fig.suptitle(f"KV-cache prefix invalidation: {model_name}\n{_trials_note(df)}")
     _save(fig, out_png)
@@ -194,7 +240,8 @@ def _fit_label(fit: stats.LineFit) -> str:
 
 
 def _draw_fit(ax: Axes, df: pd.DataFrame) -> None:
-    """The least-squares line of miss TTFT, across the whole range of tokens shown."""
+    """The least-squares line of miss TTFT over the summary's trials, across the whole
+    range of tokens shown."""
     fit = stats.fit_miss_ttft_vs_recomputed(df)
     if not np.isfinite(fit.slope):
         ax.plot([], [], " ", label="no miss fit: needs 2+ distinct token counts")
@@ -208,12 +255,18 @@ def plot_ttft_vs_tokens(df: pd.DataFrame, out_png: str | os.PathLike[str], model
     """Every trial's TTFT against the tokens its TTFT call recomputed, with the miss line."""
     fig = Figure(figsize=(8.0, 5.5), layout="constrained")
     ax = fig.subplots()
+    kept = _kept(df)
+    left = _left_out(df, kept)
+    if len(left):
+        x = pd.to_numeric(left["tokens_recomputed"], errors="coerce")
+        y = pd.to_numeric(left["ttft_ms"], errors="coerce")
+        ax.scatter(x, y, label="left out: unverified or slow outlier", **LEFT_OUT_STYLE)
     for cond in CONDITIONS:
-        rows = df[df["condition"] == cond]
+        rows = kept[kept["condition"] == cond]
         x = pd.to_numeric(rows["tokens_recomputed"], errors="coerce")
         y = pd.to_numeric(rows["ttft_ms"], errors="coerce")
         ax.scatter(x, y, s=18, alpha=0.6, color=COLORS[cond], marker=MARKERS[cond], label=cond)
-    _draw_fit(ax, df)
+    _draw_fit(ax, kept)
     ax.set_xlabel("Tokens recomputed in the TTFT call (tokens)")
     ax.set_ylabel("TTFT (ms)")
     ax.set_xlim(left=0)
@@ -222,3 +275,18 @@ def plot_ttft_vs_tokens(df: pd.DataFrame, out_png: str | os.PathLike[str], model
     ax.legend(fontsize="small", loc="upper left")
     ax.set_title(f"TTFT vs tokens recomputed: {model_name}")
     _save(fig, out_png)
+
+
+def plot_results(
+    result_paths: list[str | os.PathLike[str]],
+    main_png: str | os.PathLike[str],
+    tokens_png: str | os.PathLike[str],
+    throughput_png: str | os.PathLike[str],
+    model_name: str,
+) -> None:
+    """The three figures of the results CSVs: what the plot rule and ``kvcache-plot``
+    both make."""
+    df = load_results(result_paths)
+    plot_all_configs(df, main_png, model_name)
+    plot_ttft_vs_tokens(df, tokens_png, model_name)
+    plot_throughput(df, throughput_png, model_name)
