@@ -33,6 +33,7 @@ from kvcache_exp.analysis.cure_names import (
     recompute_share,
 )
 from kvcache_exp.analysis.cures import EXACT_MAX_KL, EXACT_MIN_TOP1, configurations, summarize_cures
+from kvcache_exp.analysis.load import load_cures
 from kvcache_exp.report.plotting import COLORS, MARKERS, _save
 
 #: KL is 0 for the miss (and often for the noise floor): a symlog axis shows 0 and spans
@@ -228,3 +229,11 @@ def plot_cures(
         f"{_trials_note(summary)}; the hit and the miss are the two ends"
     )
     _save(fig, out_png)
+
+
+def plot_cures_csvs(
+    cure_paths: list[str | os.PathLike[str]], out_png: str | os.PathLike[str], model_name: str
+) -> None:
+    """The cures figure from the cures CSVs: what the plot_cures rule and ``kvcache-plot``
+    both make."""
+    plot_cures(load_cures(cure_paths), out_png, model_name)
