@@ -104,18 +104,10 @@ def test_front_page_is_short_and_names_every_category():
 # --- The protocol page, rendered from the settings the rule passes -------------------
 
 
-def _protocol_settings() -> tuple[str, ...]:
-    """The settings rule report_protocol passes to the page (report.smk's list)."""
-    text = (REPO / "workflow/rules/report.smk").read_text()
-    block = re.search(r"PROTOCOL_SETTINGS = \((.*?)\)", text, re.S)
-    assert block
-    return tuple(re.findall(r'"(\w+)"', block.group(1)))
-
-
 def render_protocol(config: dict[str, Any]) -> str:
     """The Method page's text for ``config``, given exactly what the rule passes."""
-    full = schema.with_defaults(config)
-    settings = {key: full[key] for key in _protocol_settings()}
+    full = {**schema.defaults(), **config}
+    settings = {key: full[key] for key in pages.PROTOCOL_SETTINGS}
     return _text(pages.protocol_html(settings, kv_settings.expand_experiments(full)))
 
 

@@ -44,28 +44,6 @@ rule report_run:
         "../scripts/report_run.py"
 
 
-#: The settings the Method page describes: changing one of them rebuilds the page.
-PROTOCOL_SETTINGS = (
-    "model",
-    "engine",
-    "server",
-    "n_ctx",
-    "n_gpu_layers",
-    "experiments",
-    "trials",
-    "query_tokens",
-    "max_tokens",
-    "warmup_tokens",
-    "settle_ms",
-    "seed",
-    "keep_tokens",
-    "cures",
-    "recompute_shares",
-    "quality_tokens",
-    "require_cache_verified",
-)
-
-
 rule report_protocol:
     input:
         code=code("report_protocol.py"),
@@ -81,7 +59,7 @@ rule report_protocol:
     conda:
         "../../envs/analysis.yaml"
     params:
-        settings={key: config[key] for key in PROTOCOL_SETTINGS},
+        settings=protocol_settings(),
         configurations=EXPERIMENTS,
     script:
         "../scripts/report_protocol.py"

@@ -362,6 +362,29 @@ def _cures(settings: dict[str, Any]) -> str:
     )
 
 
+#: The settings the Method page describes (the rule passes exactly these, so that
+#: changing one of them, and no other, rebuilds the page).
+PROTOCOL_SETTINGS: tuple[str, ...] = (
+    "model",
+    "engine",
+    "server",
+    "n_ctx",
+    "n_gpu_layers",
+    "experiments",
+    "trials",
+    "query_tokens",
+    "max_tokens",
+    "warmup_tokens",
+    "settle_ms",
+    "seed",
+    "keep_tokens",
+    "cures",
+    "recompute_shares",
+    "quality_tokens",
+    "require_cache_verified",
+)
+
+
 def protocol_html(settings: dict[str, Any], configurations: list[dict[str, Any]]) -> str:
     """The protocol of the run, with its own settings (the body of the Method page).
 
