@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from kvcache_exp import paths
 from kvcache_exp.config import schema, settings
 from kvcache_exp.models import catalog, files
 
@@ -127,47 +128,85 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def plot_main(argv: list[str] | None = None) -> int:
-    """Summary and figures from the results CSVs, like the seed's ``plot_results.py``."""
-    from kvcache_exp.analysis.load import load_results
-    from kvcache_exp.logs import log_to
-    from kvcache_exp.report.plotting import plot_all_configs, plot_throughput, plot_ttft_vs_tokens
-    from kvcache_exp.report.summary import PoolingError, write_summary
-
+def plot_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kvcache-plot", description=plot_main.__doc__)
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--plots-dir", type=Path, default=Path("plots"))
-    p.add_argument("--model-name", default="model")
+    p.add_argument("--results-dir", type=Path, default=Path(paths.DEFAULT.results))
+    p.add_argument("--prompts-dir", type=Path, default=Path(paths.DEFAULT.prompts))
+    p.add_argument("--plots-dir", type=Path, default=Path(paths.DEFAULT.plots))
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.yaml"),
+        help="configuration file, for the model's name and the report's pages "
+        "(default: config.yaml, when present)",
+    )
+    p.add_argument("--model-name", default=None, help="the model's name in titles")
     p.add_argument(
         "--allow-mixed-provenance",
         action="store_true",
         help=schema.describe_key("allow_mixed_provenance"),
     )
-    args = p.parse_args(argv)
+    return p
+
+
+def _tags(layout: paths.Layout) -> list[str]:
+    """The tags of the configurations whose results CSV is in the layout's folder."""
+    found = sorted(Path(layout.results).glob(Path(layout.results_csv("*")).name))
+    return [p.name.removeprefix("results_phase3b_").removesuffix(".csv") for p in found]
+
+
+def plot_main(argv: list[str] | None = None) -> int:
+    """Everything the workflow makes from the CSVs, like the seed's ``plot_results.py``:
+    the summary (CSV, Markdown, report page), the cures' summary, every figure, the run's
+    metadata and the report's pages, with the same functions as the workflow's rules."""
+    from kvcache_exp.logs import log_to
+    from kvcache_exp.provenance import write_run_metadata
+    from kvcache_exp.report import pages
+    from kvcache_exp.report.cures_plot import plot_cures_csvs
+    from kvcache_exp.report.plotting import plot_results
+    from kvcache_exp.report.summary import PoolingError, write_summary
+
+    args = plot_parser().parse_args(argv)
     log_to(None)
-    paths = sorted(args.results_dir.glob("results_phase3b_a*_b*.csv"))
-    if not paths:
-        log.error("no results_phase3b_a*_b*.csv files in %s", args.results_dir)
+    layout = paths.Layout(str(args.results_dir), str(args.prompts_dir), str(args.plots_dir))
+    tags = _tags(layout)
+    if not tags:
+        log.error("no %s files in %s", Path(layout.results_csv("a*_b*")).name, args.results_dir)
         return 2
-    records = [p.with_name(p.name.replace("results_", "run_", 1)) for p in paths]
-    records = [r.with_suffix(".json") for r in records]
+    config = {**schema.defaults(), **_load_config(args.config)}
+    name = args.model_name or str(config.get("model", "model"))
+    results = [layout.results_csv(t) for t in tags]
+    records = [layout.record_json(t) for t in tags if Path(layout.record_json(t)).is_file()]
+    cures = [layout.cures_csv(t) for t in tags if Path(layout.cures_csv(t)).is_file()]
     try:
         write_summary(
-            paths,
-            args.results_dir / "summary.csv",
-            args.results_dir / "summary.md",
-            args.model_name,
-            record_paths=[r for r in records if r.is_file()],
+            results,
+            layout.summary_csv,
+            layout.summary_md,
+            name,
+            out_html=layout.summary_page,
+            record_paths=records,
             allow_mixed=args.allow_mixed_provenance,
+            cure_paths=cures,
+            out_cures_csv=layout.cures_summary_csv if cures else None,
         )
-    except PoolingError as exc:
+    except (PoolingError, ValueError, OSError) as exc:
         log.error("%s", exc)
         return 2
-    df = load_results(paths)
-    name = args.model_name
-    plot_all_configs(df, args.plots_dir / "experiment1_all_configs_phase3b.png", name)
-    plot_ttft_vs_tokens(df, args.plots_dir / "ttft_vs_tokens_recomputed.png", name)
-    plot_throughput(df, args.plots_dir / "throughput.png", name)
+    plot_results(results, layout.main_plot, layout.tokens_plot, layout.throughput_plot, name)
+    if cures:
+        plot_cures_csvs(cures, layout.cures_plot, name)
+    for tag in tags:
+        if Path(layout.prompts_csv(tag)).is_file():
+            label = paths.title(*paths.sizes(tag))
+            pages.prompts_page(Path(layout.prompts_csv(tag)), Path(layout.prompts_page(tag)), label)
+    if records:
+        run_config = {k: v for k, v in config.items() if k != "models"}
+        write_run_metadata(records, layout.run_metadata, name, run_config)
+        pages.run_page(Path(layout.run_metadata), Path(layout.run_page))
+    configurations = settings.expand_experiments(config)
+    protocol = {key: config[key] for key in pages.PROTOCOL_SETTINGS}
+    pages.protocol_page(protocol, configurations, Path(layout.protocol_page))
     return 0
 
 

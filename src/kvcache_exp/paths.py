@@ -12,8 +12,11 @@ per-configuration file name carries.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+_TAG = re.compile(r"a(\d+)_b(\d+)")
 
 #: The tag of a configuration as Snakemake wildcards (the rules' patterns use it).
 TAG_PATTERN = "a{size_a}_b{size_b}"
@@ -22,6 +25,19 @@ TAG_PATTERN = "a{size_a}_b{size_b}"
 def tag(size_a: int, size_b: int) -> str:
     """The seed's file-name tag of a configuration, e.g. ``a512_b256``."""
     return f"a{int(size_a)}_b{int(size_b)}"
+
+
+def sizes(tag: str) -> tuple[int, int]:
+    """(size_a, size_b) of a tag such as ``a512_b256``."""
+    match = _TAG.fullmatch(tag)
+    if not match:
+        raise ValueError(f"{tag!r} is not a configuration tag such as a512_b256")
+    return int(match.group(1)), int(match.group(2))
+
+
+def title(size_a: int, size_b: int) -> str:
+    """A configuration for people, e.g. ``A=512, B=256`` (report labels and titles)."""
+    return f"A={int(size_a)}, B={int(size_b)}"
 
 
 @dataclass(frozen=True)
