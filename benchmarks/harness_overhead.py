@@ -71,7 +71,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "src"))
-    from kvcache_exp.engines.llama_cpp_python import EngineSettings, LlamaCppPython
+    from kvcache_exp.engines.base import EngineSettings
+    from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
     from kvcache_exp.measure import protocol
     from kvcache_exp.measure.prompts import build_prompts
     from kvcache_exp.models.catalog import ensure_model

@@ -93,9 +93,10 @@ def main() -> int:
     import llama_cpp
 
     from kvcache_exp import provenance
-    from kvcache_exp.engines.llama_cpp_python import EngineSettings, LlamaCppPython
+    from kvcache_exp.engines.base import EngineSettings
+    from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
+    from kvcache_exp.engines.llama_server import start_llama_server
     from kvcache_exp.engines.managed_server import find_llama_server
-    from kvcache_exp.engines.openai_http import start_llama_server
     from kvcache_exp.measure import protocol
     from kvcache_exp.measure.prompts import build_prompts
     from kvcache_exp.models.catalog import ensure_model

@@ -29,7 +29,8 @@ def model_path() -> Path:
 @pytest.fixture(scope="session")
 def engine(model_path: Path):
     """The in-process engine on the embedded model, for the tests that need llama.cpp."""
-    from kvcache_exp.engines.llama_cpp_python import EngineSettings, LlamaCppPython
+    from kvcache_exp.engines.base import EngineSettings
+    from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
 
     settings = EngineSettings(
         n_ctx=512, n_batch=512, n_threads=os.cpu_count() or 1, n_gpu_layers=0, seed=42

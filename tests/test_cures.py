@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from llama_tiny import make_tiny_gpt2_gguf, make_tiny_llama
 
-from kvcache_exp.engines.llama_cpp_python import EngineSettings, LlamaCppPython
+from kvcache_exp.engines.base import EngineSettings
+from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
 from kvcache_exp.measure import cures, quality
 from kvcache_exp.measure.prompts import build_prompts
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from kvcache_exp.engines import managed_server
+from kvcache_exp.engines.http_client import ServerHTTPError
 from kvcache_exp.engines.managed_server import (
     ManagedServer,
     ServerExitedError,
-    ServerHTTPError,
     ServerNotFoundError,
     find_llama_server,
 )
@@ -63,9 +63,20 @@ def server(model_path: Path, server_binary: Path) -> Iterator[ManagedServer]:
         yield srv
 
 
+def tokenize(srv: ManagedServer, text: str) -> list[int]:
+    """Token ids of ``text`` by the server's tokenizer, without BOS."""
+    answer = srv.client.post_json("/tokenize", {"content": text, "add_special": False})
+    return [int(t) for t in answer["tokens"]]
+
+
+def erase_slot(srv: ManagedServer) -> int:
+    """Empty the KV cache of slot 0; return how many tokens it held."""
+    return int(srv.client.post_json("/slots/0?action=erase", {}).get("n_erased", 0))
+
+
 def tokens_of(srv: ManagedServer, text: str, n: int) -> list[int]:
     """Exactly ``n`` tokens of ``text`` repeated (no BOS: we lay out prompts ourselves)."""
-    once = srv.tokenize(text)
+    once = tokenize(srv, text)
     assert once, "the tokenizer returned nothing"
     return (once * (n // len(once) + 1))[:n]
 
@@ -90,7 +101,7 @@ def complete(srv: ManagedServer, prompt: list[int], **extra) -> dict:
         "id_slot": 0,
         **extra,
     }
-    return srv.post_json("/completion", body)
+    return srv.client.post_json("/completion", body)
 
 
 def counts(answer: dict) -> tuple[int, int]:
@@ -118,7 +129,7 @@ def processes_with(arg: str) -> list[int]:
 def test_starts_and_is_healthy(server: ManagedServer) -> None:
     assert server.is_running()
     assert server.base_url.startswith("http://127.0.0.1:")
-    assert server.get_json("/health") == {"status": "ok"}
+    assert server.client.get_json("/health") == {"status": "ok"}
     assert server.log_path is not None and server.log_path.is_file()
     assert server.props["default_generation_settings"]["n_ctx"] == 2048
     assert server.props["total_slots"] == 1
@@ -127,7 +138,7 @@ def test_starts_and_is_healthy(server: ManagedServer) -> None:
 
 def test_prefix_hit_and_miss(server: ManagedServer, parts) -> None:
     a, b, q = parts
-    server.erase_slot(0)
+    erase_slot(server)
 
     cache_n, prompt_n = counts(complete(server, a + b))
     assert (cache_n, prompt_n) == (0, N_A + N_B)
@@ -145,7 +156,7 @@ def test_prefix_hit_and_miss(server: ManagedServer, parts) -> None:
 def test_erase_empties_the_cache(server: ManagedServer, parts) -> None:
     a, b, _ = parts
     complete(server, a + b)
-    assert server.erase_slot(0) >= N_A + N_B
+    assert erase_slot(server) >= N_A + N_B
     cache_n, prompt_n = counts(complete(server, a + b))
     assert (cache_n, prompt_n) == (0, N_A + N_B)
 
@@ -153,7 +164,7 @@ def test_erase_empties_the_cache(server: ManagedServer, parts) -> None:
 def test_token_id_prompts_are_taken_as_they_are(server: ManagedServer, parts) -> None:
     """No BOS is added to a prompt of token ids: tokens_evaluated is the prompt's length."""
     a, _, _ = parts
-    server.erase_slot(0)
+    erase_slot(server)
     answer = complete(server, a)
     assert answer["tokens_evaluated"] == N_A
     assert answer["tokens_predicted"] == 1
@@ -234,7 +245,7 @@ def test_server_killed_mid_run_is_detected(model_path: Path, server_binary: Path
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ServerExitedError, match="killed by signal 9") as caught:
-            srv.post_json("/completion", {"prompt": [1, 2, 3], "n_predict": 1})
+            srv.client.post_json("/completion", {"prompt": [1, 2, 3], "n_predict": 1})
         assert "log " in str(caught.value)
     assert srv.returncode == -signal.SIGKILL
     assert not srv.is_running()
@@ -260,5 +271,5 @@ def test_http_errors_are_clear(server: ManagedServer) -> None:
     number of slots, so /slots/7 is slot 0.)
     """
     with pytest.raises(ServerHTTPError, match="HTTP 400.*Invalid action") as caught:
-        server.post_json("/slots/0?action=nope", {})
+        server.client.post_json("/slots/0?action=nope", {})
     assert caught.value.status == 400

@@ -30,8 +30,9 @@ from kvcache_exp.columns import CURE_COLUMNS, RESULT_COLUMNS
 from kvcache_exp.config.settings import merge
 from kvcache_exp.engines import managed_server
 from kvcache_exp.engines.base import EngineError
+from kvcache_exp.engines.llama_server import start_llama_server
 from kvcache_exp.engines.managed_server import ManagedServer, ServerError, free_port
-from kvcache_exp.engines.openai_http import OpenAIHTTP, start_llama_server
+from kvcache_exp.engines.openai_http import OpenAIHTTP
 from kvcache_exp.measure import protocol
 from kvcache_exp.measure.experiment import IncompleteRunError, run_experiment
 from kvcache_exp.measure.prompts import build_prompts

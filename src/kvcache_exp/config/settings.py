@@ -40,7 +40,7 @@ def _server_defaults() -> dict[str, Any]:
 class ServerSettings:
     """How to reach and drive an inference server (``engine`` llama_server or openai_http).
 
-    ``cache_clear`` is a preset name (``llama_server``, ``vllm``, ``sglang``) or a
+    ``cache_clear`` is a preset name (``llama_server``, ``vllm``, ``sglang``, ``none``) or a
     ``{method, path}`` mapping; ``cache_reuse`` is the chunk size (llama-server's
     ``n_cache_reuse``) of the ``server_cache_reuse`` cure.
     """
@@ -206,6 +206,13 @@ def check_engine(config: dict[str, Any]) -> list[str]:
         problems.append(
             "server.api: engine llama_server talks to the llama-server it starts through its "
             "native API; set api: llama_server (api: openai is for engine openai_http)"
+        )
+    verified = config.get("require_cache_verified", schema.defaults()["require_cache_verified"])
+    if engine == "openai_http" and server.get("cache_clear") == "none" and verified:
+        problems.append(
+            "server.cache_clear: none sends no clearing request, so nothing proves a trial "
+            "starts with a cold cache and no trial can be cache-verified; set "
+            "require_cache_verified: false to measure anyway (rows are written unverified)"
         )
     return problems
 

@@ -19,10 +19,8 @@ at most ``max_tokens`` of them. llama-cpp-python's own bookkeeping (``input_ids`
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,14 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from kvcache_exp.engines.base import CallResult, EngineError
+from kvcache_exp.engines.base import (
+    CallResult,
+    Capability,
+    EngineError,
+    EngineSettings,
+    offload_report,
+)
+from kvcache_exp.engines.vocab import captured_log, rope_correction
 
 #: KV cache element types by the names llama.cpp's tools use (``-ctk``/``-ctv``).
 CACHE_TYPES = {
@@ -39,63 +44,6 @@ CACHE_TYPES = {
     "q8_0": llama_cpp.GGML_TYPE_Q8_0,
     "q4_0": llama_cpp.GGML_TYPE_Q4_0,
 }
-
-_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-
-
-@contextlib.contextmanager
-def _captured_log(lines: list[str]) -> Iterator[None]:
-    """Collect llama.cpp's log lines (e.g. its offload report) while loading a model.
-
-    Loading with ``verbose=True`` would print them, but verbose mode also resets
-    llama.cpp's performance counters after every call, which the protocol reads.
-    """
-
-    @llama_cpp.llama_log_callback
-    def _collect(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-        lines.append(text.decode("utf-8", errors="replace"))
-
-    llama_cpp.llama_log_set(_collect, ctypes.c_void_p(0))
-    try:
-        yield
-    finally:
-        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-def offload_report(log_text: str) -> dict[str, Any]:
-    """Layers llama.cpp says it offloaded to a GPU, from its load log."""
-    match = _OFFLOADED.search(log_text)
-    return {
-        "layers_offloaded": int(match.group(1)) if match else 0,
-        "layers_total": int(match.group(2)) if match else None,
-        "offload_log": match.group(0) if match else "no offload reported (CPU build or 0 layers)",
-    }
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """What the engine is loaded with; every field that changes speed is recorded."""
-
-    n_ctx: int
-    n_batch: int
-    n_threads: int
-    n_gpu_layers: int
-    seed: int
-    flash_attn: bool = False
-    cache_type_k: str = "f16"
-    cache_type_v: str = "f16"
-
-    def server_args(self) -> dict[str, Any]:
-        """The same settings for a llama-server, so that the two engines compare equal."""
-        return {
-            "threads": self.n_threads,
-            "n_ctx": self.n_ctx,
-            "n_batch": self.n_batch,
-            "n_gpu_layers": self.n_gpu_layers,
-            "flash_attn": self.flash_attn,
-            "cache_type_k": self.cache_type_k,
-            "cache_type_v": self.cache_type_v,
-        }
 
 
 def _counters(ctx: llama_cpp.llama_context_p) -> tuple[int, float, int, float]:
@@ -215,6 +163,15 @@ class LlamaCppPython:
     """The in-process engine: one model, one context, one sequence (id 0)."""
 
     name = "llama_cpp_python"
+    capabilities = frozenset(
+        {
+            Capability.CACHE_SURGERY,
+            Capability.CACHE_CLEAR,
+            Capability.CACHE_POSITIONS,
+            Capability.CACHED_COUNTS,
+            Capability.TOKEN_PROMPTS,
+        }
+    )
 
     def __init__(self, model_path: Path, settings: EngineSettings) -> None:
         if settings.cache_type_k not in CACHE_TYPES or settings.cache_type_v not in CACHE_TYPES:
@@ -222,7 +179,7 @@ class LlamaCppPython:
         self.settings = settings
         self.model_path = Path(model_path)
         log: list[str] = []
-        with _captured_log(log):
+        with captured_log(log):
             self.llm = llama_cpp.Llama(
                 model_path=str(model_path),
                 n_ctx=settings.n_ctx,
@@ -409,6 +366,10 @@ class LlamaCppPython:
         absolute position embeddings alike; only RoPE keys are corrected by it)."""
         return bool(llama_cpp.llama_memory_can_shift(self.mem))
 
+    def position_correction(self) -> str:
+        """What a shift corrects for this model (RoPE keys, or nothing)."""
+        return rope_correction(self.llm.model)
+
     def first_token(self, tokens: list[int]) -> _Call:
         """Evaluate the uncached part of ``tokens`` and sample exactly one token."""
         return self._prepare(tokens, 1)
@@ -420,6 +381,7 @@ class LlamaCppPython:
     def describe(self) -> dict[str, Any]:
         return {
             "engine": self.name,
+            "capabilities": sorted(c.value for c in self.capabilities),
             "llama_cpp_python": llama_cpp.__version__,
             "llama_cpp_system_info": llama_cpp.llama_print_system_info().decode().strip(),
             "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),

@@ -3,7 +3,9 @@
 The server engine compares llama-cpp-python with the HTTP server that llama.cpp itself
 ships (built by ``make server`` from the same vendored source). A measurement must never
 talk to a stale server, to a server some other program started, or leave one running
-after it ends, so this module owns the whole life of one server:
+after it ends, so this module owns the whole life of one server (which is why it is a
+little over 400 lines: finding the binary, its command line, start, wait and stop belong
+together; its HTTP is :mod:`.http_client`'s):
 
 * it starts ``llama-server`` on 127.0.0.1 only, on a port that was free a moment before
   (a port taken in between makes the server fail to bind; we then try another);
@@ -32,6 +34,11 @@ default ``auto`` turns it on, also on the CPU) and never ``n_cache_reuse`` in a 
 unless KV shifting is wanted: the request field alone turns reuse on, without
 ``--cache-reuse``.
 
+Requests to the server go through its :attr:`ManagedServer.client`
+(:class:`~kvcache_exp.engines.http_client.HTTPClient`), the same client every server
+engine uses; a request that meets a dead server raises :class:`ServerExitedError` with
+the log's tail.
+
 Standard library only, so that it runs wherever the package does.
 """
 
@@ -39,8 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import http.client
-import json
 import os
 import shutil
 import signal
@@ -50,11 +55,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kvcache_exp.engines.base import EngineError
+from kvcache_exp.engines.http_client import HTTPClient, ServerNotReadyError, log_tail
 
 ENV_VAR = "KVCACHE_LLAMA_SERVER"
 """Environment variable with the path of the ``llama-server`` binary to use."""
@@ -80,15 +85,6 @@ class ServerNotFoundError(ServerError):
 
 class ServerExitedError(ServerError):
     """The server process ended while we still needed it (crash, kill, bad arguments)."""
-
-
-class ServerHTTPError(ServerError):
-    """The server answered with an HTTP error status."""
-
-    def __init__(self, message: str, status: int, body: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
 
 
 def _is_executable(path: Path) -> bool:
@@ -151,22 +147,6 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def log_tail(path: Path | None, max_lines: int = 40, max_bytes: int = 16_384) -> str:
-    """The last lines of a log file (empty when there is none), to quote in errors."""
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - max_bytes))
-            data = fh.read()
-    except OSError:
-        return ""
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return "\n".join(lines[-max_lines:])
-
-
 def _die_with_parent() -> None:
     """In the child, before exec: have the kernel SIGKILL it when its parent dies.
 
@@ -179,19 +159,11 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
 
 
-@dataclass(frozen=True)
-class Response:
-    """One HTTP answer: its status and its body, decoded from JSON when it is JSON."""
-
-    status: int
-    body: Any
-
-
 class ManagedServer:
     """A ``llama-server`` on 127.0.0.1, started on ``__enter__`` and stopped on ``__exit__``.
 
     >>> with ManagedServer("models/m.gguf", threads=2, n_ctx=2048) as server:  # doctest: +SKIP
-    ...     server.post_json("/completion", {"prompt": [1, 2, 3], "n_predict": 1})
+    ...     server.client.post_json("/completion", {"prompt": [1, 2, 3], "n_predict": 1})
 
     ``flash_attn`` is ``"on"``, ``"off"``, ``"auto"`` or a bool; ``cache_type_k`` and
     ``cache_type_v`` are llama.cpp type names (``f16``, ``q8_0``, ...). None leaves the
@@ -247,6 +219,7 @@ class ManagedServer:
         self.port: int | None = None
         self.log_path: Path | None = None
         self.command: list[str] = []
+        self.client: HTTPClient | None = None
         self.props: dict[str, Any] = {}
         self.startup_s: float | None = None
         self.returncode: int | None = None
@@ -345,31 +318,29 @@ class ManagedServer:
                 env={**os.environ, **self.env} if self.env else None,
             )
         self._started_at = time.monotonic()
+        self.client = HTTPClient(self.base_url, process=self)
 
     def _wait_healthy(self) -> None:
-        """Poll ``/health`` until 200; the server answers 503 while it loads the model."""
-        deadline = self._started_at + self.startup_timeout
-        last = "no answer yet"
-        while True:
-            self._raise_if_exited("while starting")
-            try:
-                answer = self._request("GET", "/health", timeout=5.0)
-                if answer.status == 200:
-                    self.startup_s = time.monotonic() - self._started_at
-                    return
-                last = f"HTTP {answer.status}: {answer.body}"
-            except (OSError, http.client.HTTPException) as err:
-                last = f"{type(err).__name__}: {err}"
-            if time.monotonic() >= deadline:
-                raise ServerError(
-                    f"llama-server was not healthy within {self.startup_timeout:g} s "
-                    f"(last /health: {last}); log {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            time.sleep(0.05)
+        """Wait until ``/health`` says ready (503 while the model loads), through the
+        one readiness wait every server engine uses."""
+        assert self.client is not None
+        try:
+            self.startup_s = self.client.wait_ready(
+                self.startup_timeout,
+                started=self._started_at,
+                retry_unreachable=True,
+                check=lambda: self._raise_if_exited("while starting"),
+            )
+        except ServerNotReadyError as err:
+            raise ServerError(
+                f"llama-server was not healthy within {self.startup_timeout:g} s "
+                f"(last /health: {err.last}); log {self.log_path}:\n{log_tail(self.log_path)}"
+            ) from err
 
     def _read_props(self) -> dict[str, Any]:
-        answer = self._request("GET", "/props", timeout=10.0)
-        return answer.body if answer.status == 200 and isinstance(answer.body, dict) else {}
+        assert self.client is not None
+        answer = self.client.request("GET", "/props", timeout=10.0)
+        return answer.body if answer.ok and isinstance(answer.body, dict) else {}
 
     def stop(self, keep_files: bool = False) -> int | None:
         """Stop the server (SIGTERM, SIGKILL after ``stop_grace`` s); return its exit code.
@@ -429,6 +400,11 @@ class ManagedServer:
         return self._proc.pid if self._proc is not None else None
 
     @property
+    def label(self) -> str:
+        """The server, for messages: ``llama-server (managed, pid 123) at http://...``."""
+        return f"llama-server (managed, pid {self.pid}) at {self.base_url}"
+
+    @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>``."""
         if self.port is None:
@@ -460,69 +436,3 @@ class ManagedServer:
                 f"llama-server exited {when} ({how}); command: {' '.join(self.command)}\n"
                 f"log {self.log_path}:\n{log_tail(self.log_path)}"
             )
-
-    # -- HTTP ---------------------------------------------------------------------------
-
-    def _request(
-        self, method: str, path: str, body: Any = None, timeout: float | None = None
-    ) -> Response:
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=timeout)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, path, body=payload, headers=headers)
-            answer = conn.getresponse()
-            raw = answer.read()
-        finally:
-            conn.close()
-        try:
-            decoded: Any = json.loads(raw) if raw else None
-        except ValueError:
-            decoded = raw.decode("utf-8", errors="replace")
-        return Response(answer.status, decoded)
-
-    def request(
-        self, method: str, path: str, body: Any = None, timeout: float | None = 600.0
-    ) -> Response:
-        """One HTTP request; a connection failure caused by a dead server becomes
-        :class:`ServerExitedError` with the log's tail (not a bare ``ConnectionError``)."""
-        self.check_alive()
-        try:
-            return self._request(method, path, body, timeout)
-        except (OSError, http.client.HTTPException) as err:
-            # Give the kernel a moment to report the exit of a server that just died.
-            for _ in range(20):
-                if self._proc is None or self._proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-            self._raise_if_exited(f"during {method} {path}")
-            raise ServerError(f"llama-server: {method} {path} failed: {err}") from err
-
-    def get_json(self, path: str, timeout: float | None = 600.0) -> Any:
-        """``GET path``; the decoded JSON body, or :class:`ServerHTTPError`."""
-        return self._ok(self.request("GET", path, timeout=timeout), "GET", path)
-
-    def post_json(self, path: str, body: Any, timeout: float | None = 600.0) -> Any:
-        """``POST path`` with a JSON body; the decoded JSON answer, or
-        :class:`ServerHTTPError`."""
-        return self._ok(self.request("POST", path, body, timeout=timeout), "POST", path)
-
-    @staticmethod
-    def _ok(answer: Response, method: str, path: str) -> Any:
-        if not 200 <= answer.status < 300:
-            raise ServerHTTPError(
-                f"llama-server: {method} {path} answered HTTP {answer.status}: {answer.body}",
-                answer.status,
-                answer.body,
-            )
-        return answer.body
-
-    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
-        """Token ids of ``text`` by the server's tokenizer (no BOS unless ``add_special``)."""
-        answer = self.post_json("/tokenize", {"content": text, "add_special": add_special})
-        return [int(t) for t in answer["tokens"]]
-
-    def erase_slot(self, slot: int = 0) -> int:
-        """Empty the KV cache of ``slot``; return how many tokens it held."""
-        answer = self.post_json(f"/slots/{slot}?action=erase", {})
-        return int(answer.get("n_erased", 0))

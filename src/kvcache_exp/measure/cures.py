@@ -29,12 +29,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import llama_cpp
 import numpy as np
 import pandas as pd
 
 from kvcache_exp.columns import CURE_COLUMNS
-from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
+from kvcache_exp.engines.base import CacheSurgeryEngine
 from kvcache_exp.measure import protocol, quality
 from kvcache_exp.measure.prompts import PromptSet
 
@@ -83,7 +82,7 @@ class Reference:
     next_tokens: np.ndarray
 
 
-def _feed(engine: LlamaCppPython, tokens: list[int], n_batch: int | None = None) -> None:
+def _feed(engine: CacheSurgeryEngine, tokens: list[int], n_batch: int | None = None) -> None:
     """Evaluate ``tokens`` after what is cached, ``n_batch`` at a time (untimed)."""
     step = n_batch or engine.n_batch
     for start in range(0, len(tokens), step):
@@ -94,7 +93,7 @@ def _feed(engine: LlamaCppPython, tokens: list[int], n_batch: int | None = None)
 
 
 def _scored(
-    engine: LlamaCppPython,
+    engine: CacheSurgeryEngine,
     context: list[int],
     scored: list[int],
     context_batch: int | None = None,
@@ -107,7 +106,7 @@ def _scored(
     return engine.log_probs(scored, scored_batch)
 
 
-def reference(engine: LlamaCppPython, prompts: PromptSet, n_tokens: int) -> Reference:
+def reference(engine: CacheSurgeryEngine, prompts: PromptSet, n_tokens: int) -> Reference:
     """The full recompute of the miss prompt and its greedy continuation (untimed)."""
     engine.clear()
     call = engine.generation(prompts.miss, n_tokens)
@@ -124,7 +123,7 @@ def reference(engine: LlamaCppPython, prompts: PromptSet, n_tokens: int) -> Refe
     return Reference(continuation, logp, next_tokens)
 
 
-def noise_floor(engine: LlamaCppPython, prompts: PromptSet, ref: Reference) -> quality.Quality:
+def noise_floor(engine: CacheSurgeryEngine, prompts: PromptSet, ref: Reference) -> quality.Quality:
     """A second full recompute, in batches of another size, against the reference."""
     q = list(prompts.q.tokens)
     context = prompts.miss[: len(prompts.miss) - len(q)]
@@ -134,7 +133,9 @@ def noise_floor(engine: LlamaCppPython, prompts: PromptSet, ref: Reference) -> q
     return quality.compare(ref.log_probs, logp, ref.next_tokens, len(ref.continuation))
 
 
-def _cure_quality(engine: LlamaCppPython, prompts: PromptSet, ref: Reference) -> quality.Quality:
+def _cure_quality(
+    engine: CacheSurgeryEngine, prompts: PromptSet, ref: Reference
+) -> quality.Quality:
     """The cure's distributions over Q and the reference continuation, from the cure's
     cache of ``[S, B]`` (Q's cells are dropped and Q evaluated again with every logit)."""
     q = list(prompts.q.tokens)
@@ -143,14 +144,7 @@ def _cure_quality(engine: LlamaCppPython, prompts: PromptSet, ref: Reference) ->
     return quality.compare(ref.log_probs, logp, ref.next_tokens, len(ref.continuation))
 
 
-def position_correction(engine: LlamaCppPython) -> str:
-    """What a shift can correct: RoPE keys are re-rotated; absolute position embeddings
-    (GPT-2) are baked into the states, so a shift leaves them uncorrected."""
-    rope = llama_cpp.llama_model_rope_type(engine.llm.model)
-    return "none (absolute positions)" if rope == llama_cpp.LLAMA_ROPE_TYPE_NONE else "rope"
-
-
-def _prepare(engine: LlamaCppPython, cure: Cure, prompts: PromptSet) -> tuple[Any, int]:
+def _prepare(engine: CacheSurgeryEngine, cure: Cure, prompts: PromptSet) -> tuple[Any, int]:
     """The cure's timed call, prepared, and the tokens it must evaluate."""
     if cure.name == "hit":
         return engine.first_token(prompts.hit), len(prompts.q.tokens)
@@ -183,7 +177,7 @@ def _check(
 
 
 def run_cures(
-    engine: LlamaCppPython,
+    engine: CacheSurgeryEngine,
     prompts: PromptSet,
     *,
     trials: int,
@@ -198,7 +192,7 @@ def run_cures(
     are appended to ``rows`` as they are measured, so that a caller keeps them when the
     engine fails half-way."""
     rows = [] if rows is None else rows
-    correction = position_correction(engine)
+    correction = engine.position_correction()
     ref = reference(engine, prompts, quality_tokens)
     floor = noise_floor(engine, prompts, ref)
     engine.clear()

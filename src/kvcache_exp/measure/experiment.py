@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +25,10 @@ from kvcache_exp.columns import (
     RESULT_COLUMNS,
 )
 from kvcache_exp.config.settings import ExperimentSettings, describe
-from kvcache_exp.engines import openai_http
-from kvcache_exp.engines.base import Engine, EngineError
-from kvcache_exp.engines.llama_cpp_python import EngineSettings, LlamaCppPython
-from kvcache_exp.engines.openai_http import OpenAIHTTP
+from kvcache_exp.engines import Capability, Engine, EngineError, open_engine, verification_gap
 from kvcache_exp.measure import cures, protocol, server_cures
 from kvcache_exp.measure.prompts import PromptSet, build_prompts, read_source_text
-from kvcache_exp.models.files import ModelError, describe_model
+from kvcache_exp.models.files import describe_model
 from kvcache_exp.outputs import write_csv
 
 log = logging.getLogger(__name__)
@@ -51,49 +48,6 @@ class ExperimentResult:
     results: pd.DataFrame
     prompts: pd.DataFrame
     cures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(CURE_COLUMNS)))
-
-
-def load_engine(model_path: Path, settings: ExperimentSettings) -> Engine:
-    """Load the model once per job, with the context and offload the settings ask for.
-
-    ``engine`` picks the module: llama-cpp-python in-process, a llama-server this job
-    starts with the same settings (stopped by ``close``), or a running server at
-    ``server.base_url``. A server that cannot be started or reached raises
-    :class:`EngineError` with its reason before anything is measured.
-    """
-    engine_settings = EngineSettings(
-        **{f.name: getattr(settings, f.name) for f in fields(EngineSettings)}
-    )
-    if settings.engine == "llama_server":
-        log.info("starting llama-server for %s", model_path)
-        return openai_http.start_llama_server(
-            model_path,
-            **engine_settings.server_args(),
-            startup_timeout_s=settings.server.startup_timeout_s,
-            request_timeout_s=settings.server.request_timeout_s,
-        )
-    if settings.engine == "openai_http":
-        server = settings.server
-        if not server.base_url:
-            raise EngineError("engine openai_http needs server.base_url")
-        log.info("connecting to the server at %s", server.base_url)
-        return openai_http.OpenAIHTTP(
-            server.base_url,
-            model=server.model,
-            api=server.api,
-            cache_clear=server.cache_clear,
-            request_timeout_s=server.request_timeout_s,
-            startup_timeout_s=server.startup_timeout_s,
-        )
-    try:
-        return LlamaCppPython(model_path, engine_settings)
-    except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
-        size = model_path.stat().st_size if model_path.exists() else 0
-        raise ModelError(
-            f"llama.cpp could not load {model_path} ({size} bytes): {exc}. The file may be "
-            "truncated or corrupt: delete it and fetch it again (catalog models are fetched "
-            "by the workflow), or check that it is a model llama.cpp supports"
-        ) from exc
 
 
 def next_token(engine: Engine, tokens: list[int]) -> int:
@@ -335,18 +289,18 @@ def _result(
 
 def measure_cures(
     engine: Engine,
-    model_path: Path,
     prompts: PromptSet,
     settings: ExperimentSettings,
     rows: list[dict[str, Any]],
 ) -> pd.DataFrame:
-    """The cures of this engine: the in-process ones (llama.cpp's cache surgery and full
-    logits), or, through llama-server's native API, the hit, the miss and its cache reuse
-    (:mod:`kvcache_exp.measure.server_cures`). An OpenAI-compatible API offers neither:
-    its cures table stays empty, with a warning."""
-    if isinstance(engine, LlamaCppPython):
+    """The cures this engine can measure, by the capabilities it declares: llama.cpp's
+    cache surgery and full logits (the in-process cures), or llama-server's cache reuse
+    (the hit, the miss and the reuse: :mod:`kvcache_exp.measure.server_cures`). An engine
+    with neither (an OpenAI-compatible API) measures none: its cures table stays empty,
+    with a warning."""
+    if Capability.CACHE_SURGERY in engine.capabilities:
         return cures.run_cures(
-            engine,
+            engine,  # type: ignore[arg-type]  # the capability promises the calls
             prompts,
             trials=settings.trials,
             warmup_tokens=settings.warmup_tokens,
@@ -355,13 +309,13 @@ def measure_cures(
             quality_tokens=settings.quality_tokens,
             rows=rows,
         )
-    if not isinstance(engine, OpenAIHTTP):
-        raise EngineError(f"no cures are defined for the {engine.name} engine")
-    if settings.server.api != "llama_server":
+    if Capability.SERVER_CACHE_REUSE not in engine.capabilities:
         log.warning(
-            "cures: the OpenAI API has no KV-shift reuse and no slot control, so no cure is "
-            "measured through it (the cures CSV has only its header); use api: llama_server "
-            "with llama-server, or cures: false"
+            "cures: the %s engine has neither llama.cpp's cache operations nor "
+            "llama-server's KV-shift reuse (the OpenAI API has no reuse and no slot "
+            "control), so no cure is measured (the cures CSV has only its header); use "
+            "api: llama_server with llama-server, or cures: false",
+            engine.name,
         )
         return pd.DataFrame(columns=list(CURE_COLUMNS))
     if settings.recompute_shares:
@@ -370,14 +324,14 @@ def measure_cures(
             "does not expose; measuring the hit, the miss and llama-server's cache reuse"
         )
     return server_cures.run_server_cures(
-        engine,
+        engine,  # type: ignore[arg-type]  # the capability promises the calls
         prompts,
         trials=settings.trials,
         warmup_tokens=settings.warmup_tokens,
         settle_s=settings.settle_ms / 1000.0,
         quality_tokens=settings.quality_tokens,
         cache_reuse=settings.server.cache_reuse,
-        correction=server_cures.position_correction(model_path),
+        correction=engine.position_correction(),
         rows=rows,
     )
 
@@ -477,7 +431,7 @@ def run_experiment(
     started = provenance.now()
     log.info("experiment %s started: %s", settings.label, describe(settings))
     log.info("loading %s", model_path)
-    engine = load_engine(model_path, settings)
+    engine = open_engine(model_path, settings)
     rows: list[dict[str, Any]] = []
     samples: dict[str, str] = {}
     cure_rows: list[dict[str, Any]] = []
@@ -485,6 +439,17 @@ def run_experiment(
     engine_info: dict[str, Any] = {"engine": settings.engine}
     try:
         engine_info = engine.describe()
+        gap = verification_gap(engine)
+        if gap and settings.require_cache_verified:
+            raise EngineError(
+                f"no trial of this run could be cache-verified: {gap}. Set "
+                "require_cache_verified: false to measure anyway (every row is then written "
+                "with cache_verified false and the reason)"
+            )
+        if gap:
+            log.warning(
+                "trials cannot be cache-verified (require_cache_verified is false): %s", gap
+            )
         prompts = make_prompts(engine, settings)
         log.info(
             "prompts: warmup=%d hit=%d miss=%d tokens",
@@ -495,7 +460,7 @@ def run_experiment(
         result = run_trials(engine, prompts, settings, rows, samples)
         if settings.cures:
             log.info("cures started")
-            found = measure_cures(engine, model_path, prompts, settings, cure_rows)
+            found = measure_cures(engine, prompts, settings, cure_rows)
             log.info("cures finished")
             result = replace(result, cures=found)
     except EngineError as err:

@@ -30,14 +30,12 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from kvcache_exp.columns import CURE_COLUMNS
-from kvcache_exp.engines.base import CallResult
-from kvcache_exp.engines.openai_http import OpenAIHTTP
+from kvcache_exp.engines.base import CacheReuseEngine, CallResult
 from kvcache_exp.measure import protocol, quality
 from kvcache_exp.measure.prompts import PromptSet
 
@@ -49,33 +47,6 @@ SERVER_CURES: tuple[str, ...] = ("hit", "miss", SERVER_CACHE_REUSE)
 
 #: Stands for the end-of-generation token in a continuation (its id is the server's).
 _STOP = -1
-
-
-def position_correction(model_path: Path | None) -> str:
-    """What a KV shift can correct for the model in ``model_path``: RoPE keys are rotated
-    again; absolute position embeddings (GPT-2) stay baked into the states.
-
-    Read from the model file with llama.cpp (vocabulary and hyperparameters only), so it
-    is the same answer as in-process; "unknown" when there is no file to read (an
-    external server's model).
-    """
-    if model_path is None or not Path(model_path).is_file():
-        return "unknown (external server)"
-    import llama_cpp
-
-    from kvcache_exp.engines.llama_cpp_python import _captured_log
-
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True
-    with _captured_log([]):  # llama.cpp's load log would otherwise go to stderr
-        model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
-    if not model:
-        return "unknown (llama.cpp could not read the model file)"
-    try:
-        rope = llama_cpp.llama_model_rope_type(model)
-    finally:
-        llama_cpp.llama_model_free(model)
-    return "none (absolute positions)" if rope == llama_cpp.LLAMA_ROPE_TYPE_NONE else "rope"
 
 
 def _continuation(result: CallResult) -> list[int]:
@@ -93,7 +64,7 @@ def first_divergence(reference: list[int], other: list[int]) -> int:
     return len(reference)
 
 
-def _generate(engine: OpenAIHTTP, prompt: list[int], n_tokens: int, reuse: int) -> list[int]:
+def _generate(engine: CacheReuseEngine, prompt: list[int], n_tokens: int, reuse: int) -> list[int]:
     call = engine.generation(prompt, n_tokens, n_cache_reuse=reuse)
     call.run()
     return _continuation(call.result())
@@ -140,7 +111,7 @@ def _check(
 
 
 def run_server_cures(
-    engine: OpenAIHTTP,
+    engine: CacheReuseEngine,
     prompts: PromptSet,
     *,
     trials: int,
