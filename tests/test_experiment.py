@@ -13,8 +13,11 @@ from workflow_copy import run_cli
 
 from kvcache_exp.config.settings import merge
 from kvcache_exp.engines.base import CallResult
-from kvcache_exp.measure import experiment, protocol
+from kvcache_exp.measure import checks, experiment, protocol
 from kvcache_exp.measure.prompts import PromptSet, build_prompts
+from kvcache_exp.measure.results import Measured
+from kvcache_exp.measure.trials import run_trials
+from kvcache_exp.paths import ConfigurationFiles
 
 
 class BrokenHit(PromptSet):
@@ -26,6 +29,21 @@ class BrokenHit(PromptSet):
             tokens = list(tokens)
             tokens[len(self.a.tokens) // 2] = self.b.tokens[0]
         return tokens
+
+
+def _files(results, prompts) -> ConfigurationFiles:
+    """A configuration's four files: results and prompts as given, the record and the cures
+    beside the results."""
+    return ConfigurationFiles(
+        results, prompts, results.with_name("run.json"), results.with_name("cures.csv")
+    )
+
+
+def _trial_rows(engine, prompts, settings) -> pd.DataFrame:
+    """The seed's trials of ``prompts``, as the results table."""
+    measured = Measured(prompts=prompts)
+    run_trials(engine, prompts, settings, measured)
+    return measured.result().results
 
 
 def _settings(**extra):
@@ -40,7 +58,7 @@ def test_a_broken_hit_is_caught_as_unverified(engine, tokenize):
     settings = _settings()
     good = build_prompts(tokenize, 24, 12, settings.query_tokens)
     broken = BrokenHit(a=good.a, b=good.b, q=good.q)
-    df = experiment.run_trials(engine, broken, settings).results
+    df = _trial_rows(engine, broken, settings)
     hit, miss = df[df.condition == "hit"], df[df.condition == "miss"]
     assert not hit["cache_verified"].any()
     assert (
@@ -53,7 +71,7 @@ def test_a_broken_hit_is_caught_as_unverified(engine, tokenize):
     )
     assert miss["cache_verified"].all()
     # The unbroken prompts verify.
-    assert experiment.run_trials(engine, good, settings).results["cache_verified"].all()
+    assert _trial_rows(engine, good, settings)["cache_verified"].all()
 
 
 @pytest.fixture()
@@ -73,7 +91,7 @@ def broken_run(monkeypatch, model_path, tmp_path):
 def test_unverified_rows_fail_the_run_but_keep_the_measurements(broken_run, model_path):
     results, prompts = broken_run
     with pytest.raises(experiment.CacheVerificationError, match="did not evaluate the tokens"):
-        experiment.run_experiment(model_path, _settings(), results, prompts)
+        experiment.run_experiment(model_path, _settings(), _files(results, prompts))
     assert not results.exists() and not prompts.exists()
     kept = pd.read_csv(results.parent / "unverified" / results.name)
     assert len(kept) == 4 and not kept["cache_verified"].all()
@@ -83,7 +101,7 @@ def test_unverified_rows_can_be_accepted_with_a_warning(broken_run, model_path, 
     results, prompts = broken_run
     settings = replace(_settings(), require_cache_verified=False)
     with caplog.at_level(logging.WARNING):
-        experiment.run_experiment(model_path, settings, results, prompts)
+        experiment.run_experiment(model_path, settings, _files(results, prompts))
     assert "are not cache-verified" in caplog.text
     assert (~pd.read_csv(results)["cache_verified"]).sum() == 2
 
@@ -114,7 +132,7 @@ def test_gpt2_eos_ends_generations_early_and_is_reported(tmp_path, caplog):
     settings = replace(_settings(max_tokens=10), n_ctx=256)
     results, prompts = tmp_path / "r.csv", tmp_path / "p.csv"
     with caplog.at_level(logging.WARNING):
-        experiment.run_experiment(model, settings, results, prompts)
+        experiment.run_experiment(model, settings, _files(results, prompts))
     df = pd.read_csv(results)
     assert set(df["finish_reason"]) == {"stop"}
     assert (df["completion_tokens"] < settings.max_tokens).all()
@@ -197,7 +215,7 @@ def test_ttft_is_one_sampled_token_even_when_it_is_a_partial_utf8_character(tmp_
     model = convert_gpt2_to_gguf(checkpoint, tmp_path / "lead.gguf")
     settings = replace(_settings(max_tokens=12), n_ctx=256, cures=False)
     results, prompts = tmp_path / "r.csv", tmp_path / "p.csv"
-    experiment.run_experiment(model, settings, results, prompts)
+    experiment.run_experiment(model, settings, _files(results, prompts))
     df = pd.read_csv(results)
     assert df["cache_verified"].all()
     assert (df["ttft_decode_tokens"] == 0).all()  # one sample, no extra decode
@@ -226,7 +244,7 @@ def test_non_latin_text_runs_on_the_real_model(tmp_path, model_path):
     settings = _settings(prompt_text_file=str(path), max_tokens=8, recompute_shares=[0.25])
     results, prompts = tmp_path / "r.csv", tmp_path / "p.csv"
     cures = tmp_path / "cures.csv"
-    experiment.run_experiment(model_path, settings, results, prompts, cures_csv=cures)
+    experiment.run_experiment(model_path, settings, _files(results, prompts))
     df = pd.read_csv(results)
     assert len(df) == 4 and df["cache_verified"].all()
     assert (df["ttft_decode_tokens"] == 0).all()
@@ -275,7 +293,7 @@ def _trial(
     ],
 )
 def test_an_empty_cache_must_be_shown_not_assumed(cleared, warm_cached, verified):
-    note = experiment.check_trial(_trial(cleared, warm_cached), 4, 10, 4)
+    note = checks.check_trial(_trial(cleared, warm_cached), 4, 10, 4)
     assert (note == "") == verified, note
 
 
@@ -299,7 +317,7 @@ def test_an_engine_failure_during_the_cures_keeps_the_measured_cure_rows(
     results, prompts = tmp_path / "r.csv", tmp_path / "p.csv"
     cures = tmp_path / "cures.csv"
     with pytest.raises(experiment.IncompleteRunError, match="4 cure rows"):
-        experiment.run_experiment(model_path, _settings(), results, prompts, cures_csv=cures)
+        experiment.run_experiment(model_path, _settings(), _files(results, prompts))
     kept = pd.read_csv(tmp_path / "incomplete" / cures.name)
     assert list(kept["cure"])[0] == "noise_floor" and len(kept) == 4
     assert len(pd.read_csv(tmp_path / "incomplete" / results.name)) == 4
@@ -310,5 +328,5 @@ def test_an_engine_failure_during_the_cures_keeps_the_measured_cure_rows(
 def test_the_generation_must_reuse_the_cached_prompt(gen_prompt, verified):
     """total_time_ms times a generation from the prompt the TTFT call cached: at most its
     last token may be evaluated again, or the total would include a prefill."""
-    note = experiment.check_trial(_trial(-1, None, gen_prompt), 4, 10, 4)
+    note = checks.check_trial(_trial(-1, None, gen_prompt), 4, 10, 4)
     assert (note == "") == verified, note

@@ -41,6 +41,7 @@ from kvcache_exp.engines.managed_server import free_port
 from kvcache_exp.engines.openai_http import OpenAIHTTP
 from kvcache_exp.measure.experiment import run_experiment
 from kvcache_exp.measure.prompts import build_prompts
+from kvcache_exp.paths import ConfigurationFiles, Layout
 
 #: What ``python -m llama_cpp.server`` imports beyond llama-cpp-python itself.
 SERVER_DEPENDENCIES = (
@@ -102,12 +103,10 @@ def settings_for(url: str, **values):
     return merge(config, SIZES, n_threads=THREADS)
 
 
-def outputs(tmp: Path) -> tuple[Path, Path, Path, Path]:
-    return (
-        tmp / "results" / "results.csv",
-        tmp / "prompts" / "prompts.csv",
-        tmp / "results" / "run.json",
-        tmp / "results" / "cures.csv",
+def outputs(tmp: Path) -> ConfigurationFiles:
+    """The four files of the a64_b32 configuration, laid out as the workflow does."""
+    return Layout(results=str(tmp / "results"), prompts=str(tmp / "prompts")).configuration(
+        "a64_b32"
     )
 
 
@@ -139,7 +138,7 @@ def test_a_run_that_requires_verified_trials_stops_before_the_first(
     settings = settings_for(llama_cpp_server)
     assert settings.require_cache_verified
     with pytest.raises(EngineError) as caught:
-        run_experiment(model_path, settings, *outputs(tmp_path))
+        run_experiment(model_path, settings, outputs(tmp_path))
     message = str(caught.value)
     assert "reports no cached-token counts" in message
     assert "require_cache_verified: false" in message
@@ -155,7 +154,7 @@ def test_an_unverified_run_completes_with_the_reason(
     assert check_engine({**settings.as_dict()}) == []
     results_csv, prompts_csv, record_json, cures_csv = outputs(tmp_path)
     with caplog.at_level("WARNING"):
-        run_experiment(model_path, settings, results_csv, prompts_csv, record_json, cures_csv)
+        run_experiment(model_path, settings, outputs(tmp_path))
     warnings = [r.getMessage() for r in caplog.records if "cannot be cache-verified" in r.message]
     assert len(warnings) == 1 and "server.cache_clear: none" in warnings[0]
 
@@ -183,7 +182,7 @@ def test_a_server_without_a_clearing_route_is_told_about_none(
     its first trial, and the error says what to set."""
     settings = settings_for(llama_cpp_server, require_cache_verified=False)
     with pytest.raises(EngineError) as caught:
-        run_experiment(model_path, settings, *outputs(tmp_path))
+        run_experiment(model_path, settings, outputs(tmp_path))
     message = str(caught.value)
     assert "cannot clear its cache: POST /slots/0?action=erase answered HTTP 404" in message
     assert "server.cache_clear" in message and "to none where it has none" in message

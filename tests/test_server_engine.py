@@ -36,6 +36,7 @@ from kvcache_exp.engines.openai_http import OpenAIHTTP
 from kvcache_exp.measure import protocol
 from kvcache_exp.measure.experiment import IncompleteRunError, run_experiment
 from kvcache_exp.measure.prompts import build_prompts
+from kvcache_exp.paths import ConfigurationFiles, Layout
 
 SERVER = REPO / "build" / "llama.cpp" / "bin" / "llama-server"
 
@@ -60,13 +61,10 @@ def settings_for(tmp: Path, **values):
     return merge(config, {"size_a": 64, "size_b": 32}, n_threads=THREADS)
 
 
-def outputs(tmp: Path) -> tuple[Path, Path, Path, Path]:
-    results = tmp / "results"
-    return (
-        results / "results_phase3b_a64_b32.csv",
-        tmp / "prompts" / "prompts_phase3b_a64_b32.csv",
-        results / "run_phase3b_a64_b32.json",
-        results / "cures_phase3b_a64_b32.csv",
+def outputs(tmp: Path) -> ConfigurationFiles:
+    """The four files of the a64_b32 configuration, laid out as the workflow does."""
+    return Layout(results=str(tmp / "results"), prompts=str(tmp / "prompts")).configuration(
+        "a64_b32"
     )
 
 
@@ -219,7 +217,7 @@ def test_external_server_through_the_openai_api(tmp_path: Path, model_path: Path
     with ManagedServer(model_path, threads=THREADS, n_ctx=512) as srv:
         server = {"base_url": srv.base_url + "/v1", "api": "openai"}
         settings = settings_for(tmp_path, engine="openai_http", server=server)
-        run_experiment(model_path, settings, *outputs(tmp_path))
+        run_experiment(model_path, settings, outputs(tmp_path))
         assert srv.is_running()
     results_csv, _, record_json, cures_csv = outputs(tmp_path)
     df = pd.read_csv(results_csv)
@@ -239,7 +237,7 @@ def test_external_server_that_is_down(tmp_path: Path, model_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     settings = settings_for(tmp_path, engine="openai_http", server={"base_url": closed})
     with pytest.raises(EngineError) as caught:
-        run_experiment(model_path, settings, *outputs(tmp_path))
+        run_experiment(model_path, settings, outputs(tmp_path))
     message = str(caught.value)
     assert f"cannot reach the server at {closed}" in message
     assert "connection refused" in message
@@ -249,7 +247,7 @@ def test_external_server_that_is_down(tmp_path: Path, model_path: Path) -> None:
 def test_managed_server_too_slow_to_start(tmp_path: Path, model_path: Path) -> None:
     settings = settings_for(tmp_path, engine="llama_server", server={"startup_timeout_s": 0.001})
     with pytest.raises(ServerError, match=r"not healthy within 0\.001 s"):
-        run_experiment(model_path, settings, *outputs(tmp_path))
+        run_experiment(model_path, settings, outputs(tmp_path))
     assert files_under(tmp_path) == []
 
 
@@ -258,7 +256,7 @@ def test_managed_server_that_cannot_load_the_model(tmp_path: Path) -> None:
     not_a_model.write_bytes(b"this is not a GGUF file\n" * 64)
     settings = settings_for(tmp_path, engine="llama_server")
     with pytest.raises(ServerError) as caught:
-        run_experiment(not_a_model, settings, *outputs(tmp_path / "out"))
+        run_experiment(not_a_model, settings, outputs(tmp_path / "out"))
     message = str(caught.value)
     assert "llama-server exited while starting" in message and "log " in message
     assert files_under(tmp_path / "out") == []
@@ -270,7 +268,7 @@ def test_server_that_cannot_clear_its_cache_stops_the_run(tmp_path: Path, model_
     with ManagedServer(model_path, threads=THREADS, n_ctx=512, slot_save=False) as srv:
         settings = settings_for(tmp_path, engine="openai_http", server={"base_url": srv.base_url})
         with pytest.raises(EngineError) as caught:
-            run_experiment(model_path, settings, *outputs(tmp_path))
+            run_experiment(model_path, settings, outputs(tmp_path))
     message = str(caught.value)
     assert "cannot clear its cache: POST /slots/0?action=erase answered HTTP 501" in message
     assert "--slot-save-path" in message and "server.cache_clear" in message
@@ -311,7 +309,7 @@ def test_server_killed_mid_run_keeps_the_measured_rows(
     settings = settings_for(tmp_path, engine="llama_server")
     results_csv, prompts_csv, record_json, cures_csv = outputs(tmp_path)
     with pytest.raises(IncompleteRunError) as caught:
-        run_experiment(model_path, settings, results_csv, prompts_csv, record_json, cures_csv)
+        run_experiment(model_path, settings, outputs(tmp_path))
 
     message = str(caught.value)
     side = results_csv.parent / "incomplete"

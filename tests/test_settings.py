@@ -12,7 +12,7 @@ from kvcache_exp.config.settings import SettingsError, check_experiments, expand
 def test_per_experiment_overrides_win_over_globals():
     config = {"trials": 10, "settle_ms": 500, "n_ctx": 4096}
     s = merge(config, {"size_a": 8, "size_b": 4, "trials": 3}, n_threads=2)
-    assert (s.trials, s.settle_ms, s.n_ctx, s.n_threads, s.label) == (3, 500, 4096, 2, "a8_b4")
+    assert (s.trials, s.settle_ms, s.n_ctx, s.n_threads, s.tag) == (3, 500, 4096, 2, "a8_b4")
 
 
 def test_sweep_over_b_at_fixed_a():

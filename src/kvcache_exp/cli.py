@@ -78,14 +78,16 @@ def experiment_parser() -> argparse.ArgumentParser:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
             p.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--prompts-dir", type=Path, default=Path("prompts"))
+    p.add_argument("--results-dir", type=Path, default=Path(paths.DEFAULT.results))
+    p.add_argument("--prompts-dir", type=Path, default=Path(paths.DEFAULT.prompts))
     p.add_argument("--log", type=Path, default=None, help="also write the log to this file")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one configuration, like the seed's ``phase3b_experiment.py``."""
+    """Measure one configuration, like the seed's ``phase3b_experiment.py``: the same
+    files as the workflow's job (results, prompts, cures, provenance record), through the
+    same function."""
     from kvcache_exp.logs import log_to
     from kvcache_exp.measure.experiment import run_experiment
 
@@ -115,13 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             files.check_gguf(path)
         exp = settings.merge(config, experiment, n_threads=os.cpu_count() or 1)
-        run_experiment(
-            path,
-            exp,
-            args.results_dir / f"results_phase3b_{exp.label}.csv",
-            args.prompts_dir / f"prompts_phase3b_{exp.label}.csv",
-            args.results_dir / f"run_phase3b_{exp.label}.json",
-        )
+        layout = paths.Layout(results=str(args.results_dir), prompts=str(args.prompts_dir))
+        run_experiment(path, exp, layout.configuration(paths.tag(exp.size_a, exp.size_b)))
     except (settings.SettingsError, files.ModelError, ValueError, OSError, RuntimeError) as exc:
         log.error("%s", exc)
         return 2

@@ -13,6 +13,7 @@ per-configuration file name carries.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,10 @@ class ConfigurationFiles:
     prompts: Path
     record: Path
     cures: Path
+
+    def __iter__(self) -> Iterator[Path]:
+        """results, prompts, record, cures: so that ``a, b, c, d = files`` reads them."""
+        return iter((self.results, self.prompts, self.record, self.cures))
 
     def aside(self, folder: str) -> ConfigurationFiles:
         """The same files in a side folder beside the results (``unverified`` when trials

@@ -11,15 +11,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from kvcache_exp import paths
 from kvcache_exp.config import schema
 
 #: Settings an experiment entry may override; everything else is global (from the schema).
 OVERRIDABLE: tuple[str, ...] = schema.overridable_keys()
-
-
-def label(size_a: int, size_b: int) -> str:
-    """The seed's file-name tag of a configuration, e.g. ``a512_b256``."""
-    return f"a{size_a}_b{size_b}"
 
 
 class SettingsError(ValueError):
@@ -100,9 +96,9 @@ class ExperimentSettings:
         return self.engine in SERVER_ENGINES
 
     @property
-    def label(self) -> str:
-        """The seed's file-name tag, e.g. ``a512_b256``."""
-        return label(self.size_a, self.size_b)
+    def tag(self) -> str:
+        """The configuration's file-name tag, e.g. ``a512_b256`` (:func:`kvcache_exp.paths.tag`)."""
+        return paths.tag(self.size_a, self.size_b)
 
     @property
     def longest_context(self) -> int:

@@ -37,6 +37,7 @@ import pandas as pd
 from kvcache_exp.columns import CURE_COLUMNS
 from kvcache_exp.engines.base import CacheReuseEngine, CallResult
 from kvcache_exp.measure import protocol, quality
+from kvcache_exp.measure.checks import check_server_cure
 from kvcache_exp.measure.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -79,35 +80,6 @@ def _server_quality(reference: list[int], continuation: list[int]) -> quality.Qu
         first_divergence=first_divergence(reference, continuation),
         positions=len(reference),
     )
-
-
-def _check(
-    measured: protocol.CallMeasurement,
-    expected_eval: int,
-    expected_cached: int,
-    warm: protocol.CallMeasurement,
-    warm_expected: int,
-    prompt: int,
-) -> str:
-    """Why a server cure trial's counts contradict the design, or '' when they agree."""
-    notes = []
-    if warm.result.cached_tokens != 0:
-        notes.append(f"the warm-up found {warm.result.cached_tokens} tokens cached after clearing")
-    if warm.eval_tokens != warm_expected:
-        notes.append(f"the warm-up evaluated {warm.eval_tokens} tokens, expected {warm_expected}")
-    if measured.eval_tokens != expected_eval:
-        notes.append(f"the call evaluated {measured.eval_tokens} tokens, expected {expected_eval}")
-    if measured.result.cached_tokens != expected_cached:
-        notes.append(
-            f"the server reused {measured.result.cached_tokens} cached tokens, expected "
-            f"{expected_cached}"
-        )
-    if measured.completion_tokens != 1:
-        notes.append(f"the call sampled {measured.completion_tokens} tokens, expected 1")
-    held = measured.result.extra.get("tokens_cached")
-    if held is not None and held != prompt:
-        notes.append(f"the server holds {held} tokens after the call, expected {prompt}")
-    return "; ".join(notes)
 
 
 def run_server_cures(
@@ -161,12 +133,12 @@ def run_server_cures(
             prompt, reuse, expected, cached, share = design[cure]
             cleared = engine.clear()
             warm = protocol.timed(engine.generation(prompts.warmup, warmup_tokens))
-            generated = warm.completion_tokens - (1 if warm.finish_reason == "length" else 0)
-            warm_expected = len(prompts.warmup) + max(generated, 0)
             time.sleep(settle_s)
             call = engine.first_token(prompt, n_cache_reuse=reuse)
             measured = protocol.timed(call)
-            note = _check(measured, expected, cached, warm, warm_expected, len(prompt))
+            note = check_server_cure(
+                measured, expected, cached, warm, len(prompts.warmup), len(prompt)
+            )
             if cleared not in (None, -1):
                 note = "; ".join(filter(None, [f"clearing left position {cleared}", note]))
             found = (
