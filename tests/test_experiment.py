@@ -140,48 +140,61 @@ def test_gpt2_eos_ends_generations_early_and_is_reported(tmp_path, caplog):
     assert "4 of 4 trials stopped early at EOS" in caplog.text
 
 
-def test_command_line_runs_one_configuration_and_plots(tmp_path, model_path):
-    """The seed's `phase3b_experiment.py --size-a A --size-b B`, then `plot_results.py`."""
-    from conftest import REPO
+def _workflow_outputs(tmp_path, config_file) -> set[str]:
+    """Every file ``snakemake`` (rule all) would write with ``config_file``, from its dry
+    run: the list the command line must match."""
+    from workflow_copy import copy_workflow, snakemake
 
-    proc = run_cli(
-        "--size-a",
-        "24",
-        "--size-b",
-        "16",
-        "--model",
-        str(model_path),
-        "--trials",
-        "2",
-        "--settle-ms",
-        "0",
-        "--config",
-        str(REPO / "config.yaml"),
-        "--results-dir",
-        str(tmp_path / "results"),
-        "--prompts-dir",
-        str(tmp_path / "prompts"),
-        cwd=tmp_path,
-    )
+    workdir = copy_workflow(tmp_path / "wf")
+    proc = snakemake(workdir, "-n", "--configfile", str(config_file))
+    found = set()
+    for line in proc.stdout.splitlines():
+        if line.strip().startswith("output:"):
+            found |= {p.strip() for p in line.split(":", 1)[1].split(",")}
+    return found
+
+
+def test_command_line_writes_what_the_workflow_writes(tmp_path, model_path):
+    """The seed's `phase3b_experiment.py --size-a A --size-b B`, then `plot_results.py`:
+    `kvcache-exp` and `kvcache-plot` write every file the workflow's `rule all` writes for
+    one configuration, with the same content rules (they call the rules' functions)."""
+    import yaml
+
+    config = {
+        "model": str(model_path),
+        "experiments": [{"size_a": 24, "size_b": 16}],
+        "trials": 2,
+        "settle_ms": 0,
+        "max_tokens": 8,
+        "recompute_shares": [0.25],
+    }
+    config_file = tmp_path / "one.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    work = tmp_path / "cli"
+    work.mkdir()
+    proc = run_cli("--size-a", "24", "--size-b", "16", "--config", str(config_file), cwd=work)
     assert proc.returncode == 0, proc.stderr
-    results = pd.read_csv(tmp_path / "results/results_phase3b_a24_b16.csv")
+    results = pd.read_csv(work / "results/results_phase3b_a24_b16.csv")
     assert len(results) == 4 and results["cache_verified"].all()
-    prompts = pd.read_csv(tmp_path / "prompts/prompts_phase3b_a24_b16.csv")
+    prompts = pd.read_csv(work / "prompts/prompts_phase3b_a24_b16.csv")
     assert list(prompts["token_count"]) == [40, 56, 32]
+    assert not pd.read_csv(work / "results/cures_phase3b_a24_b16.csv").empty
     plot = subprocess.run(
         [
             sys.executable,
             "-c",
             "from kvcache_exp.cli import plot_main; raise SystemExit("
-            "plot_main(['--results-dir', 'results', '--plots-dir', 'plots']))",
+            f"plot_main(['--config', {str(config_file)!r}]))",
         ],
-        cwd=tmp_path,
+        cwd=work,
         capture_output=True,
         text=True,
     )
     assert plot.returncode == 0, plot.stderr
-    assert (tmp_path / "results/summary.md").is_file()
-    assert (tmp_path / "plots/experiment1_all_configs_phase3b.png").is_file()
+    written = {str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()}
+    expected = _workflow_outputs(tmp_path, config_file)
+    assert expected, "the dry run listed no outputs"
+    assert expected <= written, sorted(expected - written)
 
 
 def test_command_line_rejects_bad_settings_with_the_workflows_messages(tmp_path, model_path):
