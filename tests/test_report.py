@@ -24,7 +24,7 @@ from workflow_copy import REPO, copy_workflow, small_config, snakemake, write_co
 
 from kvcache_exp.config import schema
 from kvcache_exp.config import settings as kv_settings
-from kvcache_exp.report import pages
+from kvcache_exp.report import protocol
 
 needs_chromium = pytest.mark.skipif(
     chromium() is None, reason="chromium is not installed (make browser)"
@@ -107,8 +107,8 @@ def test_front_page_is_short_and_names_every_category():
 def render_protocol(config: dict[str, Any]) -> str:
     """The Method page's text for ``config``, given exactly what the rule passes."""
     full = {**schema.defaults(), **config}
-    settings = {key: full[key] for key in pages.PROTOCOL_SETTINGS}
-    return _text(pages.protocol_html(settings, kv_settings.expand_experiments(full)))
+    settings = {key: full[key] for key in protocol.PROTOCOL_SETTINGS}
+    return _text(protocol.protocol_html(settings, kv_settings.expand_experiments(full)))
 
 
 @pytest.mark.parametrize(

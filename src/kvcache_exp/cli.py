@@ -159,6 +159,7 @@ def plot_main(argv: list[str] | None = None) -> int:
     from kvcache_exp.logs import log_to
     from kvcache_exp.provenance import write_run_metadata
     from kvcache_exp.report import pages
+    from kvcache_exp.report import protocol as report_protocol
     from kvcache_exp.report.cures_plot import plot_cures_csvs
     from kvcache_exp.report.plotting import plot_results
     from kvcache_exp.report.summary import PoolingError, write_summary
@@ -202,8 +203,8 @@ def plot_main(argv: list[str] | None = None) -> int:
         write_run_metadata(records, layout.run_metadata, name, run_config)
         pages.run_page(Path(layout.run_metadata), Path(layout.run_page))
     configurations = settings.expand_experiments(config)
-    protocol = {key: config[key] for key in pages.PROTOCOL_SETTINGS}
-    pages.protocol_page(protocol, configurations, Path(layout.protocol_page))
+    protocol = {key: config[key] for key in report_protocol.PROTOCOL_SETTINGS}
+    report_protocol.protocol_page(protocol, configurations, Path(layout.protocol_page))
     return 0
 
 

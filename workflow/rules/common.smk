@@ -14,7 +14,7 @@ from kvcache_exp.config import settings as kv_settings  # noqa: E402
 from kvcache_exp.models import catalog as kv_catalog  # noqa: E402
 from kvcache_exp.models import files as kv_files  # noqa: E402
 from kvcache_exp.models import gpt2 as kv_gpt2  # noqa: E402
-from kvcache_exp.report import pages as kv_pages  # noqa: E402
+from kvcache_exp.report import protocol as kv_protocol  # noqa: E402
 
 # Parsing the workflow only reads and validates: it never fetches, moves or writes a
 # file. Rules do that.
@@ -232,7 +232,7 @@ def checkpoint_source(wildcards):
 
 def protocol_settings():
     """The settings the report's Method page describes: changing one rebuilds the page."""
-    return {key: config[key] for key in kv_pages.PROTOCOL_SETTINGS}
+    return {key: config[key] for key in kv_protocol.PROTOCOL_SETTINGS}
 
 
 def run_config():

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from adapter import run_rule
 
-from kvcache_exp.report.pages import protocol_page
+from kvcache_exp.report.protocol import protocol_page
 
 run_rule(
     snakemake,

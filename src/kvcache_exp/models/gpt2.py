@@ -4,7 +4,9 @@ The seed experiment ran GPT-2 (124M) as an F32 GGUF in llama-cpp-python. To repr
 without trusting a third-party GGUF, the workflow downloads the original Hugging Face
 checkpoint at a pinned revision, checks every file against a pinned sha256, and converts it
 here with the ``gguf`` library (the same library llama.cpp's own converter uses). No torch is
-needed: the weights are read with ``safetensors.numpy``.
+needed: the weights are read with ``safetensors.numpy``. It is one module of about 520
+lines on purpose: fetching a checkpoint, its tokenizer and its tensors, and writing them as
+GGUF are one chain of checks that a reader should be able to follow in one file.
 
 What the converter must get right, because llama.cpp does not complain when it is wrong:
 
