@@ -32,10 +32,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _seed_call(engine, warmup: list[int], prompt: list[int]) -> tuple[float, float]:
-    """(wall ms, overhead ms) of create_completion(max_tokens=1) after warming."""
-    llm = engine.llm
-    engine.clear()
+def _clear(llm) -> None:
+    """The seed's clearing: rewind the token counter and empty the KV cache."""
+    llm.reset()
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm.ctx), True)
+
+
+def _seed_call(llm, warmup: list[int], prompt: list[int]) -> tuple[float, float]:
+    """(wall ms, overhead ms) of the seed's create_completion(max_tokens=1) after warming,
+    on llama-cpp-python's own Llama with the same settings as the engine."""
+    _clear(llm)
     llm.create_completion(warmup, max_tokens=6, temperature=0.0, top_k=1)
     llama_cpp.llama_synchronize(llm.ctx)
     llama_cpp.llama_perf_context_reset(llm.ctx)
@@ -44,7 +50,7 @@ def _seed_call(engine, warmup: list[int], prompt: list[int]) -> tuple[float, flo
     wall = (time.perf_counter() - start) * 1000.0
     llama_cpp.llama_synchronize(llm.ctx)
     data = llama_cpp.llama_perf_context(llm.ctx)
-    engine.clear()
+    _clear(llm)
     return wall, wall - data.t_p_eval_ms - data.t_eval_ms
 
 
@@ -84,6 +90,16 @@ def main() -> int:
         n_ctx=2048, n_batch=512, n_threads=args.threads, n_gpu_layers=-1, seed=42
     )
     engine = LlamaCppPython(model, settings)
+    llm = llama_cpp.Llama(
+        str(model),
+        n_ctx=2048,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        n_gpu_layers=-1,
+        verbose=False,
+    )
     print(f"{model.name}, {args.threads} threads, {args.trials} trials per cell\n")
     print("| config | condition | call | median TTFT ms | median overhead ms | share |")
     print("|---|---|---|---|---|---|")
@@ -97,7 +113,7 @@ def main() -> int:
                     protocol.timed(engine.generation(p.warmup, 6))
                     m = protocol.timed(engine.first_token(prompt))
                     ours.append((m.wall_ms, m.overhead_ms))
-                    seeds.append(_seed_call(engine, p.warmup, prompt))
+                    seeds.append(_seed_call(llm, p.warmup, prompt))
                 for name, cells in (("protocol", ours), ("create_completion", seeds)):
                     wall = statistics.median(c[0] for c in cells)
                     over = statistics.median(c[1] for c in cells)
@@ -114,6 +130,7 @@ def main() -> int:
             )
     finally:
         engine.close()
+        llm.close()
     return 0
 
 

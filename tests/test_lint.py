@@ -90,3 +90,22 @@ def test_the_code_inputs_cover_every_module_a_script_imports(script: Path) -> No
     missing = _package_imports(script, set()) - found
     assert not missing, sorted(str(p.relative_to(REPO)) for p in missing)
     assert REPO / "workflow/scripts/adapter.py" in found
+
+
+#: A module longer than this says at its top why it stays one module.
+MODULE_LINES = 400
+
+
+@pytest.mark.parametrize(
+    "module", sorted((REPO / "src/kvcache_exp").rglob("*.py")), ids=lambda p: p.name
+)
+def test_a_long_module_says_why_it_is_one(module: Path) -> None:
+    """Rooms hold one concern: a module over MODULE_LINES lines must give, in its
+    docstring, its length and the reason it is not split."""
+    lines = module.read_text().count("\n")
+    if lines <= MODULE_LINES:
+        return
+    doc = ast.get_docstring(ast.parse(module.read_text())) or ""
+    assert re.search(r"\b\d+\s+lines\b", doc), (
+        f"{module.relative_to(REPO)} has {lines} lines and its docstring does not say why"
+    )

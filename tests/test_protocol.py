@@ -7,13 +7,24 @@ from kvcache_exp.measure import protocol
 from kvcache_exp.measure.prompts import build_prompts
 
 
-def test_reset_alone_keeps_kv_data_and_clear_removes_it(engine, tokenize):
+def test_reset_alone_keeps_kv_data_and_clear_removes_it(model_path, engine, tokenize):
+    """The seed's point, on llama-cpp-python's own Llama: reset() only rewinds its token
+    counter, the KV data stays; the engine's clear() empties the cache."""
+    import llama_cpp
+
     p = build_prompts(tokenize, 40, 20, 4)
+    llm = llama_cpp.Llama(str(model_path), n_ctx=256, verbose=False)
+    try:
+        llm.eval(p.warmup)
+        memory = llama_cpp.llama_get_memory(llm.ctx)
+        assert llama_cpp.llama_memory_seq_pos_max(memory, 0) == len(p.warmup) - 1
+        llm.reset()
+        assert llm.n_tokens == 0
+        assert llama_cpp.llama_memory_seq_pos_max(memory, 0) == len(p.warmup) - 1
+    finally:
+        llm.close()
     engine.clear()
     protocol.timed(engine.generation(p.warmup, 2))
-    assert engine.pos_max() >= len(p.warmup) - 1
-    engine.llm.reset()  # the seed's point: this only rewinds the token counter
-    assert engine.llm.n_tokens == 0
     assert engine.pos_max() >= len(p.warmup) - 1
     assert engine.clear() == -1
     assert engine.pos_max() == -1
@@ -73,13 +84,16 @@ def test_the_first_token_is_the_one_a_generation_starts_with(engine, tokenize):
 
 
 def test_cache_positions_follow_every_call(engine, tokenize):
-    """llama-cpp-python's bookkeeping and the KV cache agree after each engine call."""
+    """The engine's record of what is cached and the KV cache's cells agree after each
+    call: one cell per cached token, at positions 0, 1, ..."""
     p = build_prompts(tokenize, 30, 20, 5)
     engine.clear()
     warm = protocol.timed(engine.generation(p.warmup, 3))
     held = len(p.warmup) + warm.completion_tokens - 1
     assert engine.pos_max() == held - 1
-    assert engine.llm.n_tokens == held
+    assert len(engine.cached) == held
+    assert sorted(engine.cache_positions()) == list(range(held))
     protocol.timed(engine.first_token(p.miss))
     assert engine.pos_max() == len(p.miss) - 1
-    assert list(engine.llm.input_ids[: engine.llm.n_tokens]) == p.miss
+    assert engine.cached == p.miss
+    assert sorted(engine.cache_positions()) == list(range(len(p.miss)))

@@ -1,41 +1,38 @@
-"""llama.cpp in-process, through llama-cpp-python: the seed's engine.
+"""llama.cpp in-process, through llama-cpp-python's bindings: the seed's engine.
 
-``llama_cpp.Llama`` loads the model, holds the context and tokenizes; the calls the
-protocol times are made here with llama.cpp's own C API (through llama-cpp-python's
-bindings), because the high-level calls do more than the design asks inside the call:
+The calls the protocol times are made with llama.cpp's own C API (through
+llama-cpp-python's bindings) rather than ``Llama.create_completion``, because the
+high-level calls do more than the design asks inside the call: ``create_completion``
+keeps generating past ``max_tokens`` while the text ends in an incomplete UTF-8
+character (so a "1-token" TTFT could decode several tokens), and both it and
+``generate`` fill llama.cpp's batch token by token in Python inside the call. Here a
+call is laid out before the timer starts (:mod:`.llama_calls`) and the timed part is
+exactly the engine's work.
 
-* ``create_completion`` keeps generating past ``max_tokens`` while the text ends in an
-  incomplete UTF-8 character, so a "1-token" TTFT could decode several tokens;
-* both it and ``generate`` fill llama.cpp's batch token by token in Python inside the
-  call (about 2 µs a token), which is harness time, not engine time.
-
-So a call here is prepared before the timer starts (the prefix shared with the cache
-found, the batches filled, llama.cpp's counters reset), and the timed part is exactly
-the engine's work: remove the cache cells past the shared prefix, decode the rest, and
-sample one token (greedy); a generation then decodes and samples one token at a time,
-at most ``max_tokens`` of them. llama-cpp-python's own bookkeeping (``input_ids``,
-``n_tokens``) is kept equal to the cache so that the object stays usable.
+The model and its context are created with the C API too, because the cures need what
+``llama_cpp.Llama`` does not set: a context with two sequences sharing one unified KV
+cache (``n_seq_max = 2``, ``kv_unified = true``). A batch of a sequence must start right
+after that sequence's highest position, so recomputing tokens in the *middle* of the
+cache (the head of B after a shift) is done in the second sequence, which shares the
+cells before them (``llama_memory_seq_cp``), and the new cells are then given back to the
+first. With one sequence in use the unified cache is the same cache as a one-sequence
+context's: the seed's trials run as before.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import numpy as np
 
-from kvcache_exp.engines.base import (
-    CallResult,
-    Capability,
-    EngineError,
-    EngineSettings,
-    offload_report,
-)
-from kvcache_exp.engines.vocab import captured_log, rope_correction
+from kvcache_exp.engines.base import Capability, EngineError, EngineSettings, offload_report
+from kvcache_exp.engines.llama_calls import Batch, LlamaCall, Step, common_prefix
+from kvcache_exp.engines.llama_state import sequence_positions
+from kvcache_exp.engines.vocab import Tokenizer, captured_log, rope_correction
 
 #: KV cache element types by the names llama.cpp's tools use (``-ctk``/``-ctv``).
 CACHE_TYPES = {
@@ -45,122 +42,24 @@ CACHE_TYPES = {
     "q4_0": llama_cpp.GGML_TYPE_Q4_0,
 }
 
+#: The sequence every prompt lives in, and the one a middle recompute borrows.
+MAIN, SIDE = 0, 1
+#: Where a shift cure recomputes part of B: its last tokens, or its first ones.
+TAIL, HEAD = "tail", "head"
 
-def _counters(ctx: llama_cpp.llama_context_p) -> tuple[int, float, int, float]:
-    """llama.cpp's counters since the last reset: (prefill n, ms, decode n, ms).
-
-    They are updated only at ``llama_synchronize``. llama.cpp reports a count of at
-    least 1 even when nothing ran (``max(1, n)``), so a count whose time is exactly zero
-    means nothing was evaluated.
-    """
-    llama_cpp.llama_synchronize(ctx)
-    data = llama_cpp.llama_perf_context(ctx)
-    n_p = data.n_p_eval if data.t_p_eval_ms > 0 else 0
-    n_d = data.n_eval if data.t_eval_ms > 0 else 0
-    return n_p, float(data.t_p_eval_ms), n_d, float(data.t_eval_ms)
+_backend_ready = False
 
 
-@dataclass
-class _Batch:
-    """A llama.cpp batch allocated once and refilled for each call."""
-
-    handle: llama_cpp.llama_batch
-    capacity: int
-
-    def fill(self, tokens: Sequence[int], first_pos: int, all_logits: bool = False) -> None:
-        b = self.handle
-        b.n_tokens = len(tokens)
-        for i, tok in enumerate(tokens):
-            b.token[i] = tok
-            b.pos[i] = first_pos + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = all_logits
-        b.logits[len(tokens) - 1] = True
-
-
-#: A cache operation done inside a timed call: ("rm", p0, p1) removes the cells of
-#: positions [p0, p1) (p1 = -1: to the end); ("add", p0, p1, delta) shifts positions
-#: [p0, p1) by delta, which llama.cpp applies (re-rotating RoPE keys) at the next decode.
-CacheOp = tuple[Any, ...]
-
-
-@dataclass
-class _Call:
-    """One prepared call: the cache operations, decode the batches, then sample.
-
-    ``keep`` is how many prompt tokens the cache holds (after ``ops``) and reuses.
-    """
-
-    engine: LlamaCppPython
-    tokens: list[int]
-    keep: int
-    n_batches: int
-    max_tokens: int
-    sample_only: bool
-    ops: list[CacheOp] = field(default_factory=list)
-    generated: list[int] = field(default_factory=list)
-    finish_reason: str = ""
-    stop_token: int | None = None
-
-    def run(self) -> None:
-        eng = self.engine
-        ctx = eng.ctx
-        if not self.sample_only:
-            for op in self.ops:
-                if op[0] == "rm":
-                    llama_cpp.llama_memory_seq_rm(eng.mem, 0, op[1], op[2])
-                else:
-                    llama_cpp.llama_memory_seq_add(eng.mem, 0, op[1], op[2], op[3])
-            for batch in eng.batches[: self.n_batches]:
-                if llama_cpp.llama_decode(ctx, batch.handle) != 0:
-                    raise EngineError("llama_decode failed while evaluating the prompt")
-        sampler, vocab, one = eng.sampler, eng.vocab, eng.one
-        out = self.generated
-        token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
-        while True:
-            if self.max_tokens > 1 and llama_cpp.llama_vocab_is_eog(vocab, token):
-                self.finish_reason = "stop"
-                self.stop_token = token
-                return
-            out.append(token)
-            if len(out) >= self.max_tokens:
-                self.finish_reason = "length"
-                return
-            one.token[0] = token
-            if llama_cpp.llama_decode(ctx, one) != 0:
-                raise EngineError("llama_decode failed while generating")
-            token = llama_cpp.llama_sampler_sample(sampler, ctx, -1)
-
-    def result(self) -> CallResult:
-        eng = self.engine
-        n_p, t_p, n_d, t_d = _counters(eng.ctx)
-        decoded = len(self.generated) - (1 if self.finish_reason == "length" else 0)
-        eng._set_cached([*self.tokens, *self.generated[:decoded]])
-        return CallResult(
-            tokens=list(self.generated),
-            finish_reason=self.finish_reason,
-            prefill_tokens=n_p,
-            prefill_ms=t_p,
-            decode_tokens=n_d,
-            decode_ms=t_d,
-            cached_tokens=self.keep if not self.sample_only else len(self.tokens),
-            extra={} if self.stop_token is None else {"stop_token": self.stop_token},
-        )
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def _backend() -> None:
+    """llama.cpp's one-time backend initialisation (llama_cpp.Llama does it on first use)."""
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
 
 
 class LlamaCppPython:
-    """The in-process engine: one model, one context, one sequence (id 0)."""
+    """The in-process engine: one model, one context, prompts in sequence 0."""
 
     name = "llama_cpp_python"
     capabilities = frozenset(
@@ -178,82 +77,111 @@ class LlamaCppPython:
             raise EngineError(f"KV cache types must be among {sorted(CACHE_TYPES)}")
         self.settings = settings
         self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise ValueError(f"Model path does not exist: {model_path}")
+        _backend()
         log: list[str] = []
+        self.model = self.ctx = None
         with captured_log(log):
-            self.llm = llama_cpp.Llama(
-                model_path=str(model_path),
-                n_ctx=settings.n_ctx,
-                n_batch=settings.n_batch,
-                n_ubatch=settings.n_batch,
-                n_gpu_layers=settings.n_gpu_layers,
-                n_threads=settings.n_threads,
-                n_threads_batch=settings.n_threads,
-                seed=settings.seed,
-                flash_attn=settings.flash_attn,
-                type_k=CACHE_TYPES[settings.cache_type_k],
-                type_v=CACHE_TYPES[settings.cache_type_v],
-                verbose=False,
-            )
+            params = llama_cpp.llama_model_default_params()
+            params.n_gpu_layers = settings.n_gpu_layers
+            self.model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
+            if self.model:
+                self.ctx = llama_cpp.llama_init_from_model(self.model, self._context_params())
         self.load_log = "".join(log)
-        self.ctx = self.llm.ctx
+        if not self.model:
+            raise ValueError(f"Failed to load model from file: {model_path}")
+        if not self.ctx:
+            self.close()
+            raise EngineError(f"llama.cpp could not create a context: {self._log_tail()}")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
-        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.tokenizer = Tokenizer(self.vocab)
         self.sampler = llama_cpp.llama_sampler_init_greedy()
         self.n_batch = settings.n_batch
-        self.batches: list[_Batch] = []
+        self.batches: list[Batch] = []
         self._one_tokens = (llama_cpp.llama_token * 1)()
         self.one = llama_cpp.llama_batch_get_one(self._one_tokens, 1)
         self.cached: list[int] = []
         # Whether the logits of the last cached position are still the context's output.
         self._logits_live = False
 
+    def _context_params(self) -> Any:
+        s = self.settings
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = s.n_ctx
+        params.n_batch = params.n_ubatch = s.n_batch
+        params.n_threads = params.n_threads_batch = s.n_threads
+        params.n_seq_max = 2
+        params.kv_unified = True
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if s.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        params.type_k, params.type_v = CACHE_TYPES[s.cache_type_k], CACHE_TYPES[s.cache_type_v]
+        params.no_perf = False
+        return params
+
+    def _log_tail(self) -> str:
+        return " / ".join(self.load_log.strip().splitlines()[-3:]) or "no reason given"
+
     # -- bookkeeping ------------------------------------------------------------------
 
-    def _set_cached(self, tokens: list[int]) -> None:
-        """Record what the cache holds, in ours and in llama-cpp-python's bookkeeping."""
+    def set_cached(self, tokens: list[int]) -> None:
+        """Record what sequence 0 of the cache holds (after a call)."""
         self.cached = tokens
-        self.llm.input_ids[: len(tokens)] = tokens
-        self.llm.n_tokens = len(tokens)
         self._logits_live = bool(tokens)
 
-    def pos_max(self) -> int:
-        """The highest position held in the cache for the sequence (-1 when empty)."""
-        return int(llama_cpp.llama_memory_seq_pos_max(self.mem, 0))
+    def pos_max(self, seq: int = MAIN) -> int:
+        """The highest position a sequence holds in the cache (-1 when empty)."""
+        return int(llama_cpp.llama_memory_seq_pos_max(self.mem, seq))
 
-    def _batch(self, index: int) -> _Batch:
+    def pos_min(self, seq: int = MAIN) -> int:
+        """The lowest position a sequence holds in the cache (-1 when empty)."""
+        return int(llama_cpp.llama_memory_seq_pos_min(self.mem, seq))
+
+    def cache_positions(self, seq: int = MAIN) -> list[int] | None:
+        """The position of every cell the sequence holds, read from llama.cpp's state
+        (:mod:`.llama_state`; untimed), or None where that cannot be read."""
+        return sequence_positions(self.ctx, seq)
+
+    def _batch(self, index: int) -> Batch:
         while len(self.batches) <= index:
             handle = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
-            self.batches.append(_Batch(handle, self.n_batch))
+            self.batches.append(Batch(handle, self.n_batch))
         return self.batches[index]
 
     # -- the Engine interface ---------------------------------------------------------
 
     def tokenize(self, text: str) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        return self.tokenizer.tokenize(text)
 
     def detokenize(self, tokens: list[int]) -> str:
-        return self.llm.detokenize(tokens).decode("utf-8", errors="replace")
+        return self.tokenizer.detokenize(tokens)
 
     def clear(self) -> int:
-        """Forget everything cached: the token counter *and* the KV data.
+        """Forget everything cached: the KV data of every sequence, and our record of it.
 
-        ``Llama.reset()`` alone only rewinds llama-cpp-python's counter; the KV data
-        stays in llama.cpp's memory. ``llama_memory_clear`` removes it; the returned
-        highest position (-1 when the cache is empty) proves it.
+        This is the seed's ``llm.reset()`` plus ``kv_cache_clear()``: rewinding a token
+        counter alone would leave the KV data in llama.cpp's memory. The returned highest
+        position (-1 when the cache is empty) proves it.
         """
-        self.llm.reset()
         llama_cpp.llama_memory_clear(self.mem, True)
         self.cached = []
         self._logits_live = False
         return self.pos_max()
 
-    def _fill(self, tokens: Sequence[int], first_pos: int, all_logits: bool = False) -> int:
-        """Lay ``tokens`` out in the engine's batches from ``first_pos``; return how many."""
-        n_batches = 0
-        for n_batches, start in enumerate(range(0, len(tokens), self.n_batch), start=1):
-            chunk = tokens[start : start + self.n_batch]
-            self._batch(n_batches - 1).fill(chunk, first_pos + start, all_logits)
-        return n_batches
+    def _fill(
+        self, tokens: Sequence[int], first_pos: int, first_batch: int = 0, **kw: Any
+    ) -> list[Step]:
+        """Lay ``tokens`` out in the engine's batches from ``first_pos``, starting at batch
+        ``first_batch``; return the decode steps, in order."""
+        steps: list[Step] = []
+        for index, start in enumerate(range(0, len(tokens), self.n_batch), start=first_batch):
+            self._batch(index).fill(tokens[start : start + self.n_batch], first_pos + start, **kw)
+            steps.append(("decode", index))
+        return steps
 
     def _check_room(self, n_tokens: int, max_tokens: int) -> None:
         if n_tokens == 0:
@@ -268,95 +196,131 @@ class LlamaCppPython:
         llama_cpp.llama_synchronize(self.ctx)
         llama_cpp.llama_perf_context_reset(self.ctx)
 
-    def _prepare(self, tokens: list[int], max_tokens: int) -> _Call:
+    def _prepare(self, tokens: list[int], max_tokens: int) -> LlamaCall:
         self._check_room(len(tokens), max_tokens)
         keep = common_prefix(self.cached, tokens)
         # The whole prompt cached with live logits: sample at once (as llama-cpp-python
         # does). Otherwise evaluate at least the last token, for its logits.
         sample_only = keep == len(tokens) == len(self.cached) and self._logits_live
         keep = min(keep, len(tokens) - 1)
-        n_batches = 0 if sample_only else self._fill(tokens[keep:], keep)
+        steps: list[Step] = [("rm", MAIN, keep, -1)]
+        if not sample_only:
+            steps += self._fill(tokens[keep:], keep)
         self._reset_counters()
-        ops: list[CacheOp] = [("rm", keep, -1)]
-        return _Call(self, list(tokens), keep, n_batches, max_tokens, sample_only, ops)
+        return LlamaCall(self, list(tokens), keep, max_tokens, steps, sample_only=sample_only)
+
+    def first_token(self, tokens: list[int]) -> LlamaCall:
+        """Evaluate the uncached part of ``tokens`` and sample exactly one token."""
+        return self._prepare(tokens, 1)
+
+    def generation(self, tokens: list[int], max_tokens: int) -> LlamaCall:
+        """At most ``max_tokens`` greedy tokens after ``tokens``, stopping at EOS."""
+        return self._prepare(tokens, max_tokens)
+
+    # -- the shift cures --------------------------------------------------------------
 
     def shifted_first_token(
-        self, tokens: list[int], removed: tuple[int, int], recompute: int = 0
-    ) -> _Call:
+        self,
+        tokens: list[int],
+        removed: tuple[int, int],
+        recompute: int = 0,
+        where: str = TAIL,
+    ) -> LlamaCall:
         """The shift cure: drop the cached cells of positions ``removed`` = [start, end),
         move the cells after them back by ``end - start`` (llama.cpp re-rotates their
-        RoPE keys at the next decode), drop the last ``recompute`` of the kept tokens
-        before the new part of ``tokens``, evaluate the rest of ``tokens`` and sample one.
+        RoPE keys at the next decode), recompute ``recompute`` of the kept tokens, evaluate
+        the new part of ``tokens`` and sample one token.
 
-        All of it happens inside the timed call, since it is the cure's cost. The cache
-        must hold ``tokens[:start]`` then the removed part, then what ``tokens`` keeps.
+        ``where`` says which kept tokens are recomputed: :data:`TAIL`, the last ones
+        before the new part (with it, in one batch); :data:`HEAD`, the first ones after
+        ``start``, recomputed in sequence 1 from the cells before ``start`` (shared with
+        it), whose new cells then replace sequence 0's. All of it happens inside the
+        timed call, since it is the cure's cost. The cache must hold ``tokens[:start]``,
+        then the removed part, then what ``tokens`` keeps.
         """
         if not llama_cpp.llama_memory_can_shift(self.mem):
             raise EngineError("this model's KV cache cannot be shifted (llama_memory_can_shift)")
+        if where not in (TAIL, HEAD):
+            raise EngineError(f"recompute where: {where!r} is not {TAIL!r} or {HEAD!r}")
         start, end = removed
         if not 0 <= start < end <= len(self.cached):
             raise EngineError(f"cannot remove positions [{start}, {end}) from {len(self.cached)}")
         self._check_room(len(tokens), 1)
         shifted = self.cached[:start] + self.cached[end:]
         kept = min(common_prefix(shifted, tokens), len(tokens) - 1)
-        keep = max(start, kept - recompute)
-        if kept - keep != recompute:
+        if kept - start < recompute:
             raise EngineError(f"cannot recompute {recompute} of the {kept - start} kept tokens")
-        n_batches = self._fill(tokens[keep:], keep)
+        steps: list[Step] = [("rm", MAIN, start, end), ("add", MAIN, end, -1, start - end)]
+        if where == HEAD and recompute:
+            head = self._fill(tokens[start : start + recompute], start, seq=SIDE)
+            steps.append(("cp", MAIN, SIDE, 0, start))
+            steps += head
+            steps += [
+                ("rm", MAIN, start, start + recompute),
+                ("cp", SIDE, MAIN, start, start + recompute),
+                ("rm", SIDE, -1, -1),
+                ("rm", MAIN, kept, -1),
+            ]
+            steps += self._fill(tokens[kept:], kept, first_batch=len(head))
+        else:
+            keep = kept - recompute
+            steps.append(("rm", MAIN, keep, -1))
+            steps += self._fill(tokens[keep:], keep)
         self._reset_counters()
-        ops: list[CacheOp] = [("rm", start, end), ("add", end, -1, start - end), ("rm", keep, -1)]
-        return _Call(self, list(tokens), keep, n_batches, 1, False, ops)
+        return LlamaCall(self, list(tokens), kept - recompute, 1, steps)
 
     # -- snapshots and teacher forcing (untimed helpers of the cures) ---------------
 
     def snapshot(self) -> tuple[ctypes.Array, int, list[int]]:
-        """The sequence's cache state and what it holds, to restore it for another trial.
+        """Sequence 0's cache state and what it holds, to restore it for another trial.
 
         The state stays in the ctypes buffer llama.cpp wrote it into: copying it out
         through Python's bytes costs seconds and a list of every byte on a large model.
         """
-        size = llama_cpp.llama_state_seq_get_size(self.ctx, 0)
+        size = llama_cpp.llama_state_seq_get_size(self.ctx, MAIN)
         buf = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, 0)
+        written = llama_cpp.llama_state_seq_get_data(self.ctx, buf, size, MAIN)
         return buf, written, list(self.cached)
 
     def restore(self, snapshot: tuple[ctypes.Array, int, list[int]]) -> int:
-        """Put back a :meth:`snapshot`; return the cache's highest position after."""
+        """Put back a :meth:`snapshot` in an emptied cache; return its highest position."""
         buf, written, cached = snapshot
         self.clear()
-        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, written, 0) != written:
+        if llama_cpp.llama_state_seq_set_data(self.ctx, buf, written, MAIN) != written:
             raise EngineError("llama_state_seq_set_data could not restore the snapshot")
-        self._set_cached(cached)
+        self.set_cached(cached)
         self._logits_live = False
         return self.pos_max()
 
     def truncate(self, n_tokens: int) -> None:
         """Keep only the first ``n_tokens`` cached tokens."""
-        llama_cpp.llama_memory_seq_rm(self.mem, 0, n_tokens, -1)
-        self._set_cached(self.cached[:n_tokens])
+        llama_cpp.llama_memory_seq_rm(self.mem, MAIN, n_tokens, -1)
+        self.set_cached(self.cached[:n_tokens])
         self._logits_live = False
 
-    def log_probs(self, tokens: list[int], n_batch: int | None = None) -> np.ndarray:
+    def log_probs(
+        self, tokens: list[int], n_batch: int | None = None, scored: int | None = None
+    ) -> np.ndarray:
         """Append ``tokens`` to the cache and return the log-probabilities of the next
-        token after each of them (shape ``len(tokens) x n_vocab``), teacher-forced.
-
-        ``n_batch`` evaluates them in smaller batches, for the noise floor: llama.cpp's
-        results are not bit-identical across batch splits.
-        """
+        token after each of the last ``scored`` of them (all when None), teacher-forced:
+        shape ``scored x n_vocab``. ``n_batch`` evaluates them in smaller batches."""
         self._check_room(len(self.cached) + len(tokens), 0)
         step = n_batch or self.n_batch
+        scored = len(tokens) if scored is None else scored
+        first_scored = len(tokens) - scored
         n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         rows = []
         first = len(self.cached)
         for start in range(0, len(tokens), step):
             chunk = tokens[start : start + step]
-            self._batch(0).fill(chunk, first + start, all_logits=True)
+            from_here = max(first_scored - start, 0)
+            self._batch(0).fill(chunk, first + start, logits_from=from_here)
             if llama_cpp.llama_decode(self.ctx, self._batch(0).handle) != 0:
                 raise EngineError("llama_decode failed while scoring tokens")
-            for i in range(len(chunk)):
+            for i in range(from_here, len(chunk)):
                 ptr = llama_cpp.llama_get_logits_ith(self.ctx, i)
                 rows.append(np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64))
-        self._set_cached([*self.cached, *tokens])
+        self.set_cached([*self.cached, *tokens])
         logits = np.vstack(rows)
         shifted = logits - logits.max(axis=1, keepdims=True)
         return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
@@ -368,15 +332,7 @@ class LlamaCppPython:
 
     def position_correction(self) -> str:
         """What a shift corrects for this model (RoPE keys, or nothing)."""
-        return rope_correction(self.llm.model)
-
-    def first_token(self, tokens: list[int]) -> _Call:
-        """Evaluate the uncached part of ``tokens`` and sample exactly one token."""
-        return self._prepare(tokens, 1)
-
-    def generation(self, tokens: list[int], max_tokens: int) -> _Call:
-        """At most ``max_tokens`` greedy tokens after ``tokens``, stopping at EOS."""
-        return self._prepare(tokens, max_tokens)
+        return rope_correction(self.model)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -390,6 +346,8 @@ class LlamaCppPython:
             "n_threads": self.settings.n_threads,
             "n_batch": self.settings.n_batch,
             "n_ctx": self.settings.n_ctx,
+            "n_seq_max": 2,
+            "kv_unified": True,
             "flash_attn": self.settings.flash_attn,
             "cache_type_k": self.settings.cache_type_k,
             "cache_type_v": self.settings.cache_type_v,
@@ -399,7 +357,12 @@ class LlamaCppPython:
         for batch in self.batches:
             llama_cpp.llama_batch_free(batch.handle)
         self.batches = []
-        if self.sampler is not None:
+        if getattr(self, "sampler", None) is not None:
             llama_cpp.llama_sampler_free(self.sampler)
             self.sampler = None
-        self.llm.close()
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            llama_cpp.llama_model_free(self.model)
+            self.model = None

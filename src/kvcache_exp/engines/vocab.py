@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,24 @@ from kvcache_exp.engines.base import EngineError
 
 ROPE = "rope"
 ABSOLUTE = "none (absolute positions)"
+
+
+_log = logging.getLogger("llama.cpp")
+#: ggml's log level for errors (enum ggml_log_level: NONE, INFO, WARN, ERROR, DEBUG, CONT).
+GGML_LOG_LEVEL_ERROR = 3
+
+
+@llama_cpp.llama_log_callback
+def _to_logging(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    """llama.cpp's log in ours: its errors as warnings, the rest (a line per graph node
+    on every decode at debug level) dropped, as llama_cpp.Llama(verbose=False) does."""
+    if level == GGML_LOG_LEVEL_ERROR:
+        _log.warning("%s", text.decode("utf-8", errors="replace").rstrip())
+
+
+def quiet_log() -> None:
+    """Send llama.cpp's log through :func:`_to_logging` from now on."""
+    llama_cpp.llama_log_set(_to_logging, ctypes.c_void_p(0))
 
 
 @contextlib.contextmanager
@@ -39,7 +58,7 @@ def captured_log(lines: list[str]) -> Iterator[None]:
     try:
         yield
     finally:
-        llama_cpp.llama_log_set(llama_cpp._logger.llama_log_callback, ctypes.c_void_p(0))
+        quiet_log()
 
 
 def rope_correction(model: llama_cpp.llama_model_p) -> str:
@@ -49,26 +68,12 @@ def rope_correction(model: llama_cpp.llama_model_p) -> str:
     return ABSOLUTE if rope == llama_cpp.LLAMA_ROPE_TYPE_NONE else ROPE
 
 
-class Vocabulary:
-    """The tokenizer of the GGUF at ``model_path``, loaded without weights."""
+class Tokenizer:
+    """llama.cpp's tokenizer of a loaded model: the in-process engine tokenizes with its
+    model's, a client-side tokenizer with a vocabulary-only load (:class:`Vocabulary`)."""
 
-    def __init__(self, model_path: str | Path) -> None:
-        self.model_path = Path(model_path)
-        if not self.model_path.is_file():
-            raise EngineError(f"{self.model_path} does not exist (no GGUF to read)")
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        log: list[str] = []
-        with captured_log(log):  # llama.cpp's load log would otherwise go to stderr
-            model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
-        if not model:
-            tail = "".join(log).strip().splitlines()[-3:]
-            raise EngineError(
-                f"llama.cpp could not read the vocabulary of {self.model_path}: "
-                + (" / ".join(tail) or "no reason given")
-            )
-        self.model: llama_cpp.llama_model_p | None = model
-        self.vocab = llama_cpp.llama_model_get_vocab(model)
+    def __init__(self, vocab: llama_cpp.llama_vocab_p) -> None:
+        self.vocab = vocab
 
     @property
     def adds_bos(self) -> bool:
@@ -100,6 +105,28 @@ class Vocabulary:
             if n >= 0:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = -n
+
+
+class Vocabulary(Tokenizer):
+    """The tokenizer of the GGUF at ``model_path``, loaded without weights."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise EngineError(f"{self.model_path} does not exist (no GGUF to read)")
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        log: list[str] = []
+        with captured_log(log):  # llama.cpp's load log would otherwise go to stderr
+            model = llama_cpp.llama_model_load_from_file(str(self.model_path).encode(), params)
+        if not model:
+            tail = "".join(log).strip().splitlines()[-3:]
+            raise EngineError(
+                f"llama.cpp could not read the vocabulary of {self.model_path}: "
+                + (" / ".join(tail) or "no reason given")
+            )
+        self.model: llama_cpp.llama_model_p | None = model
+        super().__init__(llama_cpp.llama_model_get_vocab(model))
 
     def position_correction(self) -> str:
         """:func:`rope_correction` of this model."""
