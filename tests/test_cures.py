@@ -4,23 +4,28 @@ A one-layer RoPE model is the case where a shift is exact: layer 0's keys and va
 B depend only on B's tokens and positions, and the shift re-rotates the keys to their
 new positions, so the cure must give the full recompute's distributions within float
 tolerance. With two layers, B's states in layer 1 attended to A, so the shift must
-differ measurably; GPT-2's absolute position embeddings cannot be corrected at all.
+differ measurably; GPT-2's absolute position embeddings cannot be corrected at all. And a
+shift that does not move B, whatever its counts say, must leave its rows unverified.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from llama_tiny import make_tiny_gpt2_gguf, make_tiny_llama
 
+from kvcache_exp.columns import CURE_COLUMNS
 from kvcache_exp.engines.base import EngineSettings
 from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
 from kvcache_exp.measure import cures, quality
 from kvcache_exp.measure.prompts import build_prompts
 
 SHARES = [0.25, 0.5]
+TRIALS = 2
 
 
 def _engine(path: Path, cache_type: str = "f32") -> LlamaCppPython:
@@ -36,22 +41,32 @@ def _engine(path: Path, cache_type: str = "f32") -> LlamaCppPython:
     return LlamaCppPython(path, settings)
 
 
-def _run(path: Path, keep: int = 0, cache_type: str = "f32"):
+def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
+    """Every cure at each kept prefix, on TRIALS prompts: (the prompt factory, the rows)."""
     engine = _engine(path, cache_type)
+    rows: list[dict] = []
+
+    def prompt_for(variant: int, keep: int, avoid: int | None):
+        return build_prompts(
+            engine.tokenize, 48, 40, 12, size_s=keep, avoid_q_first=avoid, variant=variant
+        )
+
     try:
-        prompts = build_prompts(engine.tokenize, 48, 40, 12, size_s=keep)
-        df = cures.run_cures(
+        cures.run_cures(
             engine,
-            prompts,
-            trials=2,
+            prompt_for,
+            keep_sizes=list(keeps),
+            trials=TRIALS,
             warmup_tokens=3,
             settle_s=0.0,
             recompute_shares=SHARES,
             quality_tokens=12,
+            seed=7,
+            rows=rows,
         )
     finally:
         engine.close()
-    return prompts, df
+    return prompt_for, pd.DataFrame(rows, columns=list(CURE_COLUMNS))
 
 
 @pytest.fixture(scope="module")
@@ -64,45 +79,68 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.mark.parametrize("keep", [0, 8])
-def test_one_layer_shift_is_the_recompute(checkpoints, keep):
-    prompts, df = _run(checkpoints["llama1"], keep=keep)
+@pytest.fixture(scope="module")
+def two_layers(checkpoints):
+    """Every cure on the two-layer model at S = 0 and 8 (shared by several tests)."""
+    return _run(checkpoints["llama2"], keeps=(0, 8))[1]
+
+
+def test_one_layer_shift_is_the_recompute(checkpoints):
+    """With one RoPE layer the shift, and every recompute of part of B, is exact: at every
+    kept prefix, the first cell included."""
+    _, df = _run(checkpoints["llama1"], keeps=(0, 8))
     assert df["cache_verified"].all(), df["cache_note"].tolist()
-    shift = df[df.cure == "shift"]
+    shifted = df[df.cure.str.startswith("shift")]
     # Measured about 1e-12 nats with an F32 cache; rounding alone stays far below 1e-6.
-    assert (shift["kl_mean"] < 1e-6).all()
-    assert (shift["top1_agreement"] == 1.0).all()
-    assert (shift["first_divergence"] == 12).all()
+    assert (shifted["kl_mean"] < 1e-6).all()
+    assert (shifted["top1_agreement"] == 1.0).all()
     assert set(df["position_correction"]) == {"rope"}
+    assert set(df["keep_tokens"]) == {0, 8}
 
 
-def test_counts_follow_the_design(checkpoints):
-    prompts, df = _run(checkpoints["llama1"], keep=8)
-    b, q = len(prompts.b.tokens), len(prompts.q.tokens)
-    trials = df[df.trial > 0]
+def test_counts_cells_and_order_follow_the_design(two_layers):
+    df = two_layers
+    b, q = 40, 12
+    timed = df[df.cure != "cached_vs_full"]
     expected = {"hit": q, "miss": b + q, "shift": q}
-    expected |= {f"shift_recompute_{r:g}": round(r * b) + q for r in SHARES}
-    assert sorted(trials["cure"].unique()) == sorted(expected)
-    for row in trials.itertuples():
+    expected |= {f"shift_{w}_{r:g}": round(r * b) + q for r in SHARES for w in ("tail", "head")}
+    assert sorted(timed["cure"].unique()) == sorted(expected)
+    for row in timed.itertuples():
         assert row.tokens_expected == expected[row.cure]
         assert row.prefill_tokens + row.decode_tokens == expected[row.cure]
-    # every trial restored the same warmed cache: [S, A, B] and the warm-up's tokens
-    held = len(prompts.warmup) + 3 - 1
-    assert set(trials["restored_pos_max"]) == {held - 1}
-    # the order of the cures rotates from trial to trial
-    firsts = trials[trials.order == 1].set_index("trial")["cure"]
-    assert firsts[1] != firsts[2]
+        # the cache holds exactly the prompt, one cell per position from 0
+        prompt = row.keep_tokens + (48 if row.cure == "hit" else 0) + b + q
+        assert (row.cache_pos_min, row.cache_cells) == (0, prompt)
+    assert set(timed["recompute_where"]) == {"", "head", "tail"}
+    # every cure of a trial restored the same warmed cache: [S, A, B] and the warm-up's tokens
+    for (keep, _), group in timed.groupby(["keep_tokens", "trial"]):
+        assert set(group["restored_pos_max"]) == {keep + 48 + b + 3 - 1 - 1}
+    # a shuffled order per trial, each row naming the cure before it
+    orders = []
+    for _, group in timed.groupby(["keep_tokens", "trial"], sort=False):
+        group = group.sort_values("order")
+        assert list(group["order"]) == list(range(1, len(group) + 1))
+        assert list(group["predecessor"]) == ["", *group["cure"].iloc[:-1]]
+        orders.append(tuple(group["cure"]))
+    assert len(set(orders)) > 1
+    # one numerics row per trial at the first kept prefix, and it is exact on a CPU
+    numerics = df[df.cure == "cached_vs_full"]
+    assert list(numerics["keep_tokens"]) == [0] * TRIALS and numerics["cache_verified"].all()
+    assert (numerics["kl_mean"] == 0).all()
 
 
-def test_two_layer_shift_differs_and_recomputing_more_helps(checkpoints):
-    _, df = _run(checkpoints["llama2"])
-    assert df["cache_verified"].all()
-    kl = df[df.trial == 1].set_index("cure")["kl_mean"]
-    assert kl["shift"] > 0.05  # measured about 0.3 nats
-    assert kl["miss"] < 1e-6
-    assert kl["shift_recompute_0.5"] < kl["shift"]
-    floor = df[df.cure == "noise_floor"].iloc[0]
-    assert floor["kl_mean"] < 1e-3
+def test_two_layer_shift_differs_and_the_head_helps_most(two_layers):
+    df = two_layers
+    assert df["cache_verified"].all(), df["cache_note"].tolist()
+    kl = df.groupby(["keep_tokens", "cure"])["kl_mean"].mean()
+    for keep in (0, 8):
+        assert kl[keep, "shift"] > 0.05  # measured about 0.3 nats
+        assert kl[keep, "miss"] < 1e-6  # the floor: the exact answer through the cures' path
+        assert kl[keep, "shift_tail_0.5"] < kl[keep, "shift"]
+        assert kl[keep, "shift_head_0.5"] < kl[keep, "shift"]
+    # The trials ran on distinct prompts: the quality differs from one to the next.
+    shift = df[(df.cure == "shift") & (df.keep_tokens == 8)]["kl_mean"]
+    assert shift.nunique() == TRIALS
 
 
 def test_gpt2_shift_is_uncorrected_and_differs(checkpoints):
@@ -116,8 +154,8 @@ def test_a_cure_that_evaluates_other_tokens_is_caught(checkpoints, monkeypatch):
     """An engine that recomputes one token more than asked: the counters give it away."""
     real = LlamaCppPython.shifted_first_token
 
-    def one_more(self, tokens, removed, recompute=0):
-        return real(self, tokens, removed, recompute + 1)
+    def one_more(self, tokens, removed, recompute=0, where="tail"):
+        return real(self, tokens, removed, recompute + 1, where)
 
     monkeypatch.setattr(LlamaCppPython, "shifted_first_token", one_more)
     _, df = _run(checkpoints["llama1"])
@@ -125,6 +163,56 @@ def test_a_cure_that_evaluates_other_tokens_is_caught(checkpoints, monkeypatch):
     assert not shifted["cache_verified"].any()
     assert shifted["cache_note"].str.contains("the call evaluated").all()
     assert df[df.cure.isin(["hit", "miss"])]["cache_verified"].all()
+
+
+def test_a_shift_over_cells_that_were_never_removed_is_caught(checkpoints, monkeypatch):
+    """B shifted back over A's cells, which stay: the counts and the highest position are
+    those of a real shift, but the cache holds |A| cells too many, at doubled positions."""
+    real = LlamaCppPython.shifted_first_token
+
+    def keep_a(self, tokens, removed, recompute=0, where="tail"):
+        call = real(self, tokens, removed, recompute, where)
+        call.steps = [step for step in call.steps if step[:2] != ("rm", 0) or step[2:] != removed]
+        return call
+
+    monkeypatch.setattr(LlamaCppPython, "shifted_first_token", keep_a)
+    _, df = _run(checkpoints["llama1"])
+    shifted = df[df.cure.str.startswith("shift")]
+    assert not shifted["cache_verified"].any()
+    assert shifted["cache_note"].str.contains("positions held twice").all()
+    assert df[df.cure.isin(["hit", "miss"])]["cache_verified"].all()
+
+
+def test_a_shift_that_moves_nothing_is_caught(checkpoints, monkeypatch):
+    """A's cells removed but B never moved (the shift asked for, not done), Q laid out
+    after B where llama.cpp accepts it: the cache's cells give it away."""
+    real = LlamaCppPython.shifted_first_token
+
+    def no_shift(self, tokens, removed, recompute=0, where="tail"):
+        call = real(self, tokens, removed, recompute, where)
+        if recompute:
+            return call
+        size_a = removed[1] - removed[0]
+        steps = []
+        for step in call.steps:
+            if step[0] == "add":
+                continue  # the shift itself
+            if step[0] == "rm" and step[3] == -1:
+                step = ("rm", step[1], step[2] + size_a, -1)
+            if step[0] == "decode":
+                batch = self.batches[step[1]].handle
+                for i in range(batch.n_tokens):
+                    batch.pos[i] += size_a
+            steps.append(step)
+        call.steps = steps
+        return call
+
+    monkeypatch.setattr(LlamaCppPython, "shifted_first_token", no_shift)
+    _, df = _run(checkpoints["llama1"])
+    shift = df[df.cure == "shift"]
+    assert not shift["cache_verified"].any()
+    assert shift["cache_note"].str.contains("cells at positions").all()
+    assert shift["cache_note"].str.contains("the call evaluated").sum() == 0
 
 
 def test_quality_metrics_match_hand_computation():
@@ -138,7 +226,8 @@ def test_quality_metrics_match_hand_computation():
         0.0,
     ]
     assert got.kl_mean == pytest.approx(np.mean(kl))
-    assert got.kl_p99 == pytest.approx(np.percentile(kl, 99))
+    assert math.isnan(got.kl_p99)  # 3 positions: a 99th percentile would be the largest
+    assert got.kl_max == pytest.approx(max(kl))
     assert got.top1_agreement == pytest.approx(2 / 3)  # the middle row's argmax differs
     dp = [0.6 - 0.7, 0.2 - 0.5, 0.8 - 0.8]
     assert got.rms_dp == pytest.approx(np.sqrt(np.mean(np.square(dp))))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kvcache_exp.analysis import cure_names, cures
+from kvcache_exp.analysis import cure_names, cure_verdicts, cures
 from kvcache_exp.analysis.load import load_cures
 from kvcache_exp.analysis.verdicts import NOT_SUPPORTED, SUPPORTED, UNDETERMINED
 from kvcache_exp.columns import CURE_COLUMNS
@@ -26,14 +26,28 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 #: Fewer resamples than the summary's default: the tests' answers do not need more.
 BOOT = {"n_resamples": 2_000}
 SHARES = (0.1, 0.25, 0.5)
-#: (kl_mean, top1_agreement) per cure, as measured on 64/64 with S=8.
+#: (kl_mean, top1_agreement) per cure, the mean over the prompts; each prompt's figures
+#: lie ±SPREAD around it (KL relative, top-1 absolute), so the intervals are not empty.
 QUALITY = {
     "miss": (0.0, 1.0),
     "shift": (0.075, 0.915),
-    "shift_recompute_0.1": (0.083, 0.915),
-    "shift_recompute_0.25": (0.078, 0.936),
-    "shift_recompute_0.5": (0.052, 0.957),
+    "shift_tail_0.1": (0.083, 0.915),
+    "shift_tail_0.25": (0.078, 0.936),
+    "shift_tail_0.5": (0.052, 0.957),
+    "shift_head_0.1": (0.03, 0.96),
+    "shift_head_0.25": (0.01, 0.985),
+    "shift_head_0.5": (0.004, 0.99),
+    "cached_vs_full": (0.0, 1.0),
 }
+SPREAD = 0.005
+
+
+def _names(shares: Sequence[float]) -> list[str]:
+    return (
+        ["hit", "miss", "shift"]
+        + [f"shift_tail_{r:g}" for r in shares]
+        + [f"shift_head_{r:g}" for r in shares]
+    )
 
 
 def _base_ttft(cure: str) -> float:
@@ -49,26 +63,34 @@ def make_cures(
     shares: Sequence[float] = SHARES,
     ttft: dict[str, Sequence[float]] | None = None,
     quality: dict[str, tuple[float, float]] | None = None,
-    floor: tuple[float, float] = (0.0, 1.0),
+    floor: tuple[float, float] | None = None,
     correction: str = "rope",
 ) -> pd.DataFrame:
     """A cures table as :func:`kvcache_exp.measure.cures.run_cures` writes it.
 
-    ``ttft`` gives a cure's per-trial TTFTs (else its base TTFT with ±2% spread);
-    ``quality`` its (kl_mean, top1_agreement) (else :data:`QUALITY`); ``floor`` the noise
-    floor's. The hit has no quality, as in a real run.
+    ``configs`` are (keep_tokens, size_a, size_b); ``ttft`` gives a cure's per-trial TTFTs
+    (else its base TTFT with ±2% spread); ``quality`` its (kl_mean, top1_agreement) (else
+    :data:`QUALITY`), each prompt's within ±SPREAD; ``floor`` the miss's (the noise floor).
+    The hit has no quality, as in a real run; the first kept prefix of each (A, B) has a
+    ``cached_vs_full`` row per trial.
     """
-    names = ["hit", "miss", "shift"] + [f"shift_recompute_{r:g}" for r in shares]
-    quality = {**QUALITY, **(quality or {})}
+    names = _names(shares)
+    quality = {**QUALITY, **(quality or {}), **({"miss": floor} if floor else {})}
     rows = []
+    first_keep: dict[tuple[int, int], int] = {}
     for keep, a, b in configs:
+        first_keep.setdefault((a, b), keep)
         sizes = {"keep_tokens": keep, "size_a": a, "size_b": b, "size_q": 16}
         sizes["position_correction"] = correction
-        rows.append(
-            {"trial": 0, "cure": "noise_floor", "order": 0, **sizes, "cache_verified": True}
-            | _quality(*floor)
-        )
         for trial in range(1, trials + 1):
+            wobble = ((trial % 3) - 1) * (trials > 1)
+            if first_keep[(a, b)] == keep:
+                rows.append(
+                    {"trial": trial, "cure": "cached_vs_full", "order": 0, **sizes}
+                    | {"predecessor": "", "recompute_where": "", "cache_verified": True}
+                    | _quality(*quality["cached_vs_full"], wobble)
+                )
+            before = ""
             for order, name in enumerate(names, start=1):
                 given = (ttft or {}).get(name)
                 spread = 1 + 0.02 * ((trial % 3) - 1)
@@ -80,8 +102,10 @@ def make_cures(
                         "trial": trial,
                         "cure": name,
                         "order": order,
+                        "predecessor": before,
                         **sizes,
                         "recompute_share": share,
+                        "recompute_where": cure_names.recompute_where(name),
                         "recompute_tokens": k,
                         "tokens_expected": {"hit": 16, "miss": b + 16}.get(name, k + 16),
                         "ttft_ms": time,
@@ -91,18 +115,25 @@ def make_cures(
                         "decode_ms": 0.0,
                         "overhead_ms": 0.1 * time,
                         "restored_pos_max": keep + a + b - 1,
+                        "cache_pos_min": 0,
+                        "cache_cells": keep + b + 16 + (a if name == "hit" else 0),
                         "cache_verified": True,
                         "cache_note": "",
                     }
-                    | (_quality(*quality[name]) if name != "hit" else _no_quality())
+                    | (_quality(*quality[name], wobble) if name != "hit" else _no_quality())
                 )
+                before = name
     return pd.DataFrame(rows, columns=list(CURE_COLUMNS))
 
 
-def _quality(kl: float, top1: float) -> dict[str, float]:
+def _quality(kl: float, top1: float, wobble: int = 0) -> dict[str, float]:
+    """One prompt's figures: KL within ±SPREAD of ``kl`` (relative), top-1 within ±SPREAD."""
+    kl = kl * (1 + SPREAD * wobble)
+    top1 = min(1.0, top1 + SPREAD * wobble) if top1 < 1 else top1
     return {
         "kl_mean": kl,
-        "kl_p99": 10 * kl,
+        "kl_p99": math.nan,
+        "kl_max": 10 * kl,
         "top1_agreement": top1,
         "rms_dp": kl / 2,
         "first_divergence": 32 if top1 == 1 else 3,
@@ -111,11 +142,8 @@ def _quality(kl: float, top1: float) -> dict[str, float]:
 
 
 def _no_quality() -> dict[str, float]:
-    nan = math.nan
-    return {"kl_mean": nan, "kl_p99": nan, "top1_agreement": nan, "rms_dp": nan} | {
-        "first_divergence": math.nan,
-        "quality_positions": math.nan,
-    }
+    names = ("kl_mean", "kl_p99", "kl_max", "top1_agreement", "rms_dp", "first_divergence")
+    return dict.fromkeys((*names, "quality_positions"), math.nan)
 
 
 def _write(df: pd.DataFrame, folder: Path) -> list[Path]:
@@ -128,10 +156,14 @@ def _write(df: pd.DataFrame, folder: Path) -> list[Path]:
     return paths
 
 
-def _row(summary: pd.DataFrame, cure: str, size_b: int | None = None) -> pd.Series:
+def _row(
+    summary: pd.DataFrame, cure: str, size_b: int | None = None, keep: int | None = None
+) -> pd.Series:
     rows = summary[summary["cure"] == cure]
     if size_b is not None:
         rows = rows[rows["size_b"] == size_b]
+    if keep is not None:
+        rows = rows[rows["keep_tokens"] == keep]
     assert len(rows) == 1
     return rows.iloc[0]
 
@@ -142,7 +174,7 @@ def _by_key(found: list) -> dict:
 
 def _verdicts(df: pd.DataFrame, **boot: int) -> list:
     """Every cure's verdicts from the cures rows, as the summary makes them."""
-    return cures.verdicts_from_summary(cures.summarize_cures(df, **boot))
+    return cure_verdicts.verdicts_from_summary(cures.summarize_cures(df, **boot))
 
 
 # --------------------------------------------------------------------------- summary
@@ -172,8 +204,8 @@ def test_intervals_and_recovered_share_hand_computed():
     assert math.isnan(hit["recovered_ci_low"]) and math.isnan(miss["share_of_miss_ci_low"])
 
 
-def test_summary_order_sizes_quality_and_noise_floor():
-    df = make_cures([(0, 64, 32), (8, 32, 64)], floor=(0.002, 0.98))
+def test_summary_order_sizes_quality_and_floor():
+    df = make_cures([(0, 64, 32), (8, 64, 32), (8, 32, 64)], floor=(0.002, 0.98))
     # Shuffle the rows within each configuration: the order of cures must not depend on it.
     df = pd.concat(
         [g.sample(frac=1, random_state=1) for _, g in df.groupby("size_a", sort=False)],
@@ -181,36 +213,50 @@ def test_summary_order_sizes_quality_and_noise_floor():
     )
     summary = cures.summarize_cures(df, **BOOT)
     assert list(summary.columns) == list(cures.CURE_SUMMARY_COLUMNS)
-    expected = ["hit", "miss", "shift", "shift_recompute_0.1"]
-    expected += ["shift_recompute_0.25", "shift_recompute_0.5"]
-    assert list(summary["cure"]) == expected * 2
-    assert list(zip(summary.keep_tokens, summary.size_a, summary.size_b, strict=True)) == (
-        [(0, 64, 32)] * 6 + [(8, 32, 64)] * 6
+    names = _names(SHARES)
+    assert list(summary["cure"]) == (
+        [*names, "cached_vs_full"] + names + [*names, "cached_vs_full"]
     )
-    r25 = _row(summary, "shift_recompute_0.25", size_b=64)
-    assert (r25["recompute_share"], r25["recompute_tokens"], r25["tokens_evaluated"]) == (
+    assert list(dict.fromkeys(zip(summary.keep_tokens, summary.size_a, strict=True))) == [
+        (0, 64),
+        (8, 64),
+        (8, 32),
+    ]
+    head = _row(summary, "shift_head_0.25", size_b=64)
+    assert (head["recompute_share"], head["recompute_where"], head["recompute_tokens"]) == (
         0.25,
+        "head",
         16,
-        32,
     )
-    assert (r25["kl_mean"], r25["top1_agreement"], r25["first_divergence"]) == (0.078, 0.936, 3)
-    assert (r25["floor_kl_mean"], r25["floor_top1_agreement"]) == (0.002, 0.98)
-    assert r25["position_correction"] == "rope"
+    assert head["tokens_evaluated"] == 32 and head["n"] == 5
+    # Quality: the mean over the prompts, its interval within the prompts' spread.
+    assert head["kl_mean"] == pytest.approx(0.01, rel=2 * SPREAD)
+    assert 0.01 * (1 - SPREAD) <= head["kl_mean_ci_low"] < head["kl_mean_ci_high"]
+    assert head["kl_mean_ci_high"] <= 0.01 * (1 + SPREAD)
+    assert head["top1_agreement"] == pytest.approx(0.985, abs=SPREAD)
+    assert head["kl_max"] == pytest.approx(10 * 0.01 * (1 + SPREAD))
+    assert math.isnan(head["kl_p99"])  # 47 positions: the p99 would be the maximum
+    # The floor is the miss's own quality, at the same kept prefix.
+    assert head["floor_kl_mean"] == pytest.approx(0.002, rel=2 * SPREAD)
+    assert head["floor_top1_agreement"] == pytest.approx(0.98, abs=SPREAD)
+    assert head["position_correction"] == "rope"
     hit = _row(summary, "hit", size_b=64)
     assert math.isnan(hit["kl_mean"]) and math.isnan(hit["first_divergence"])
-    assert _row(summary, "shift", size_b=32)["recompute_share"] == 0.0
+    assert _row(summary, "shift", size_b=32, keep=0)["recompute_share"] == 0.0
+    numerics = _row(summary, "cached_vs_full", size_b=32, keep=0)
+    assert math.isnan(numerics["ttft_ms"]) and numerics["kl_mean"] == 0.0
 
 
 def test_unverified_rows_enter_no_statistic(tmp_path):
     df = make_cures(trials=4)
     clean = cures.summarize_cures(df, **BOOT)
-    bad = df.iloc[[3]].copy()  # a shift row, made absurd and unverified
+    bad = df[df["cure"] == "shift"].iloc[[0]].copy()  # a shift row, made absurd and unverified
     assert bad["cure"].iloc[0] == "shift"
     bad[["ttft_ms", "kl_mean", "top1_agreement"]] = [1e6, 9.0, 0.0]
     bad[["cache_verified", "cache_note"]] = [False, "the call evaluated 99 tokens, expected 16"]
     # All of one cure unverified: it is reported, with nothing measured.
-    lost = df[df["cure"] == "shift_recompute_0.5"].assign(cache_verified=False)
-    mixed = pd.concat([df[df["cure"] != "shift_recompute_0.5"], bad, lost], ignore_index=True)
+    lost = df[df["cure"] == "shift_tail_0.5"].assign(cache_verified=False)
+    mixed = pd.concat([df[df["cure"] != "shift_tail_0.5"], bad, lost], ignore_index=True)
     loaded = load_cures(_write(mixed, tmp_path))
     assert set(loaded["cache_verified"]) == {"True", "False"}  # read back as text
     summary = cures.summarize_cures(loaded, **BOOT)
@@ -220,12 +266,12 @@ def test_unverified_rows_enter_no_statistic(tmp_path):
     numbers = ["ttft_ms", "ttft_ci_low_ms", "ttft_ci_high_ms", "recovered", "recovered_ci_low"]
     numbers += ["recovered_ci_high", "share_of_miss", "kl_mean", "top1_agreement"]
     assert shift[numbers].tolist() == pytest.approx(before[numbers].tolist())
-    r50 = _row(summary, "shift_recompute_0.5")
+    r50 = _row(summary, "shift_tail_0.5")
     assert (r50["n"], r50["n_unverified"]) == (0, 4)
     assert math.isnan(r50["ttft_ms"]) and math.isnan(r50["kl_mean"])
-    found = _by_key(cures.verdicts_from_summary(summary))
-    assert found["shift_recompute_0.5_recovers"].status == UNDETERMINED
-    assert found["shift_recompute_0.5_exact"].status == UNDETERMINED
+    found = _by_key(cure_verdicts.verdicts_from_summary(summary))
+    assert found["shift_tail_0.5_s8_recovers"].status == UNDETERMINED
+    assert found["shift_tail_0.5_s8_exact"].status == UNDETERMINED
 
     text = to_markdown(Document("t", [report.section(loaded, summary=summary)]))
     assert "5 cure trial(s) failed cache verification" in text
@@ -234,19 +280,20 @@ def test_unverified_rows_enter_no_statistic(tmp_path):
 # --------------------------------------------------------------------------- verdicts
 
 
-def _recovery(df: pd.DataFrame, cure: str = "shift") -> object:
-    return _by_key(_verdicts(df, **BOOT))[f"{cure}_recovers"]
+def _recovery(df: pd.DataFrame, cure: str = "shift", keep: int = 8) -> object:
+    return _by_key(_verdicts(df, **BOOT))[f"{cure}_s{keep}_recovers"]
 
 
 def test_recovery_verdict_supported_and_not_supported():
     found = _by_key(_verdicts(make_cures(), **BOOT))
     # shift: 15 ms of 10..100 → 94% recovered; +50%: 55 ms → 50%, its CI straddles 0.5.
-    assert found["shift_recovers"].status == SUPPORTED
-    assert found["shift_recompute_0.1_recovers"].status == SUPPORTED
-    assert found["shift_recompute_0.5_recovers"].status == UNDETERMINED
-    reason = found["shift_recovers"].reason
+    assert found["shift_s8_recovers"].status == SUPPORTED
+    assert found["shift_tail_0.1_s8_recovers"].status == SUPPORTED
+    assert found["shift_head_0.1_s8_recovers"].status == SUPPORTED
+    assert found["shift_tail_0.5_s8_recovers"].status == UNDETERMINED
+    reason = found["shift_s8_recovers"].reason
     assert "94% [" in reason and "recovered" in reason and "50%" in reason
-    assert found["shift_recovers"].evidence["min_recovered_ci_low"] > 0.5
+    assert found["shift_s8_recovers"].evidence["min_recovered_ci_low"] > 0.5
 
     slow = make_cures(ttft={"shift": [94, 95, 96, 95, 94]})
     verdict = _recovery(slow)
@@ -265,51 +312,66 @@ def test_recovery_verdict_undetermined():
     assert "n/a" in verdict.reason
     # Every configuration must agree: one undefined interval leaves a supported one undetermined,
     # but one that lies below 0.5 decides against the cure.
-    good = make_cures([(0, 64, 32)])
+    good = make_cures([(8, 64, 32)])
     assert _recovery(pd.concat([good, single], ignore_index=True)).status == UNDETERMINED
-    bad = make_cures([(0, 32, 64)], ttft={"shift": [94, 95, 96, 95, 94]})
+    bad = make_cures([(8, 32, 64)], ttft={"shift": [94, 95, 96, 95, 94]})
     mixed = pd.concat([good, single, bad], ignore_index=True)
     assert _recovery(mixed).status == NOT_SUPPORTED
+    # Each kept prefix size is its own verdict.
+    other = make_cures([(0, 64, 32)], ttft={"shift": [94, 95, 96, 95, 94]})
+    both = pd.concat([good, other], ignore_index=True)
+    assert _recovery(both, keep=8).status == SUPPORTED
+    assert _recovery(both, keep=0).status == NOT_SUPPORTED
+
+
+def _exact(df: pd.DataFrame, cure: str = "shift", keep: int = 8) -> object:
+    return _by_key(_verdicts(df, **BOOT))[f"{cure}_s{keep}_exact"]
 
 
 def test_quality_verdict_three_outcomes():
     measured = _by_key(_verdicts(make_cures(), **BOOT))
-    verdict = measured["shift_exact"]
+    verdict = measured["shift_s8_exact"]
     assert verdict.status == NOT_SUPPORTED  # top-1 91.5% < 95%, KL 0.075 > 0.05
-    assert "top-1 92%" in verdict.reason and "0.075" in verdict.reason
+    assert "top-1 92% [" in verdict.reason and "0.075" in verdict.reason
+    assert "over 5 prompts" in verdict.reason
     assert "noise floor" in verdict.reason and "uncorrected" not in verdict.reason
-    assert measured["shift_recompute_0.5_exact"].status == NOT_SUPPORTED  # KL 0.052 > 0.05
+    assert measured["shift_tail_0.5_s8_exact"].status == NOT_SUPPORTED  # KL 0.052 > 0.05
+    assert measured["shift_head_0.25_s8_exact"].status == SUPPORTED  # 0.01, 98.5%
 
     close = make_cures(quality={"shift": (0.01, 0.99)})
-    assert _by_key(_verdicts(close, **BOOT))["shift_exact"].status == SUPPORTED
-    at_thresholds = make_cures(quality={"shift": (cures.EXACT_MAX_KL, cures.EXACT_MIN_TOP1)})
-    assert _by_key(_verdicts(at_thresholds, **BOOT))["shift_exact"].status == SUPPORTED
+    assert _exact(close).status == SUPPORTED
+    # An interval that straddles a threshold decides nothing.
+    edge = make_cures(quality={"shift": (cures.EXACT_MAX_KL, 0.99)})
+    assert _exact(edge).status == UNDETERMINED
 
     missing = make_cures(quality={"shift": (math.nan, math.nan)})
-    assert _by_key(_verdicts(missing, **BOOT))["shift_exact"].status == UNDETERMINED
-    # When two full recomputes already disagree beyond a threshold, the comparison cannot
-    # resolve it: undetermined, however far the cure is.
+    assert _exact(missing).status == UNDETERMINED
+    # When the exact answer through the cures' path already misses a threshold, the
+    # comparison cannot resolve it: undetermined, however far the cure is.
     noisy = make_cures(floor=(0.2, 0.8))
-    verdict = _by_key(_verdicts(noisy, **BOOT))["shift_exact"]
+    verdict = _exact(noisy)
     assert verdict.status == UNDETERMINED and "noise floor: top-1 80%" in verdict.reason
     # Any configuration that misses decides against; one without quality alone does not.
-    both = pd.concat([close, make_cures([(0, 32, 64)])], ignore_index=True)
-    assert _by_key(_verdicts(both, **BOOT))["shift_exact"].status == NOT_SUPPORTED
-    gap = pd.concat([close, make_cures([(0, 32, 64)], quality={"shift": (math.nan, math.nan)})])
-    assert _by_key(_verdicts(gap, **BOOT))["shift_exact"].status == UNDETERMINED
+    both = pd.concat([close, make_cures([(8, 32, 64)])], ignore_index=True)
+    assert _exact(both).status == NOT_SUPPORTED
+    gap = pd.concat([close, make_cures([(8, 32, 64)], quality={"shift": (math.nan, math.nan)})])
+    assert _exact(gap).status == UNDETERMINED
 
 
 def test_verdicts_keys_and_uncorrected_label():
-    gpt2 = make_cures(correction="none (absolute positions)", shares=(0.25,))
+    gpt2 = make_cures(
+        [(0, 64, 64), (4, 64, 64)], correction="none (absolute positions)", shares=(0.25,)
+    )
     found = _verdicts(gpt2, **BOOT)
-    assert [v.key for v in found] == [
-        "shift_recovers",
-        "shift_exact",
-        "shift_recompute_0.25_recovers",
-        "shift_recompute_0.25_exact",
-    ]
-    assert found[0].claim == "Uncorrected shift recovers most of the miss penalty"
-    assert found[3].claim == "Uncorrected shift + recompute 25% answers like a full recompute"
+    expected = []
+    for cure in ("shift", "shift_tail_0.25", "shift_head_0.25"):
+        for keep in (0, 4):
+            expected += [f"{cure}_s{keep}_recovers", f"{cure}_s{keep}_exact"]
+    assert [v.key for v in found] == expected
+    assert found[0].claim == "Uncorrected shift (S = 0) recovers most of the miss penalty"
+    assert found[-1].claim == (
+        "Uncorrected shift + recompute 25% (head) (S = 4) answers like a full recompute"
+    )
     assert "uncorrected shift" in found[1].reason
     text = to_markdown(Document("t", [report.section(gpt2, **BOOT)]))
     assert "**Uncorrected shift**" in text and "| uncorrected shift |" in text
@@ -322,23 +384,27 @@ def test_section_and_summary_csv(tmp_path):
     df = load_cures(_write(make_cures([(8, 64, 64), (8, 32, 96)]), tmp_path))
     summary = report.write_cures_summary(df, tmp_path / "out" / "cures_summary.csv", **BOOT)
     written = pd.read_csv(tmp_path / "out" / "cures_summary.csv")
-    assert list(written.columns) == list(cures.CURE_SUMMARY_COLUMNS) and len(written) == 12
-    assert written["ttft_ms"].tolist() == pytest.approx(summary["ttft_ms"].tolist(), rel=1e-5)
+    assert list(written.columns) == list(cures.CURE_SUMMARY_COLUMNS) and len(written) == 20
+    assert written["ttft_ms"].tolist() == pytest.approx(
+        summary["ttft_ms"].tolist(), rel=1e-5, nan_ok=True
+    )
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["cures_summary.csv"]
 
     sec = report.section(df, summary=summary)
     assert sec.title == report.TITLE
     tables = [b for b in sec.blocks if isinstance(b, Table)]
-    assert len(tables) == 1 and tables[0].header == report.HEADER
-    assert len(tables[0].rows) == 12
+    assert len(tables) == 2 and tables[0].header == report.HEADER
+    assert len(tables[0].rows) == 18  # the numerics rows are a sentence, not table rows
+    assert tables[1].header == ["Cure", "S = 8"] and len(tables[1].rows) == 7
     items = [b for b in sec.blocks if isinstance(b, list)][0]
-    assert len(items) == 8  # two verdicts for each of the four cures
+    assert len(items) == 14  # two verdicts for each of the seven cures, at one S
     text = to_markdown(Document("t", [sec]))
-    assert "`--cache-reuse N`" in text and "CacheBlend" in text
-    assert "| 64/64 (S=8) | shift + recompute 25% | 5 | 32 |" in text
+    assert "`--cache-reuse N`" in text and "attention sink" in text
+    assert "| 64/64, S=8 | shift + recompute 25% (head) | 5 | 32 |" in text
     assert "100% (by definition)" in text and "0% (by definition)" in text
-    assert "Noise floor of the quality comparison" in text
-    assert "**Shift answers like a full recompute**: NOT SUPPORTED." in text
+    assert "exact answer through a prefix-cache hit" in text
+    assert "**Shift (S = 8) answers like a full recompute**: NOT SUPPORTED." in text
+    assert "time: SUPPORTED; quality: NOT SUPPORTED" in text
     assert "not measured" not in text
     assert 'class="verdict no"' in to_html(Document("t", [sec]))
 
@@ -363,7 +429,7 @@ def test_cures_disabled_header_only(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == PNG_MAGIC
     # A header-only file next to measured ones contributes nothing.
     measured = _write(make_cures([(0, 16, 16)], trials=2), tmp_path)
-    assert len(load_cures([paths[0], *measured])) == 1 + 2 * 6
+    assert len(load_cures([paths[0], *measured])) == 2 * (1 + 9)
 
 
 @pytest.mark.parametrize(
@@ -396,13 +462,13 @@ def _csv(tmp_path: Path, df: pd.DataFrame, name: str = "cures_phase3b_a64_b64.cs
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d.drop(columns=["kl_p99"]), r"missing \['kl_p99'\]"),
+        (lambda d: d.drop(columns=["kl_max"]), r"missing \['kl_max'\]"),
         (lambda d: d.assign(extra=1), r"unexpected \['extra'\]"),
         (lambda d: d[list(reversed(CURE_COLUMNS))], "found them in the order"),
         (lambda d: d.replace({"cure": {"shift": "shfit"}}), r"unknown cure\(s\) \['shfit'\]"),
         (
-            lambda d: d.replace({"cure": {"shift": "shift_recompute_2"}}),
-            r"unknown cure\(s\) \['shift_recompute_2'\]",
+            lambda d: d.replace({"cure": {"shift": "shift_head_2"}}),
+            r"unknown cure\(s\) \['shift_head_2'\]",
         ),
         (
             lambda d: d.assign(ttft_ms=d["ttft_ms"].astype(object).where(d.index != 3, "fast")),
@@ -444,20 +510,25 @@ def test_validation_of_empty_inputs(tmp_path):
 
 
 def test_names_and_labels():
-    shares = [cure_names.recompute_share(n) for n in ("shift", "shift_recompute_0.25", "hit")]
+    shares = [cure_names.recompute_share(n) for n in ("shift", "shift_head_0.25", "hit")]
     assert shares[:2] == [0.0, 0.25] and math.isnan(shares[2])
-    assert math.isnan(cure_names.recompute_share("shift_recompute_x"))
-    names = ["shift_recompute_0.5", "miss", "shift_recompute_0.1", "shift", "hit"]
+    assert math.isnan(cure_names.recompute_share("shift_tail_x"))
+    # The tail's earlier name still reads as the tail.
+    assert cure_names.recompute_where("shift_recompute_0.5") == "tail"
+    assert cure_names.recompute_share("shift_recompute_0.5") == 0.5
+    assert cure_names.recompute_where("shift_head_0.1") == "head"
+    names = ["shift_head_0.1", "shift_tail_0.5", "miss", "cached_vs_full", "shift_tail_0.1"]
+    names += ["shift", "hit"]
     assert sorted(names, key=cure_names.cure_rank) == [
         "hit",
         "miss",
         "shift",
-        "shift_recompute_0.1",
-        "shift_recompute_0.5",
+        "shift_tail_0.1",
+        "shift_tail_0.5",
+        "shift_head_0.1",
+        "cached_vs_full",
     ]
-    assert cure_names.cure_label("shift_recompute_0.125") == "shift + recompute 12.5%"
+    assert cure_names.cure_label("shift_tail_0.125") == "shift + recompute 12.5% (tail)"
+    assert cure_names.cure_label("shift_head_0.5") == "shift + recompute 50% (head)"
     assert cure_names.cure_label("shift", uncorrected=True) == "uncorrected shift"
-    assert cure_names.cure_label("miss", uncorrected=True) == "miss (full recompute)"
-    assert cure_names.config_label(0, 64, 32) == "64/32" and cure_names.config_label(8, 64, 64) == (
-        "64/64 (S=8)"
-    )
+    assert cure_names.is_known("cached_vs_full") and not cure_names.is_known("noise_floor")

@@ -216,7 +216,16 @@ def test_unwritable_location_fails_clearly(tmp_path):
 
 
 def _experiment_config(**extra) -> dict:
-    return {"model": str(MODEL_FILE), "trials": 2, "settle_ms": 0, "n_threads": 2, **extra}
+    """A small run: these tests are about the workflow's jobs, not the cures (which an
+    interrupted run would otherwise keep measuring in the orphaned job for minutes)."""
+    return {
+        "model": str(MODEL_FILE),
+        "trials": 2,
+        "settle_ms": 0,
+        "n_threads": 2,
+        "cures": False,
+        **extra,
+    }
 
 
 def _default_sigint() -> None:

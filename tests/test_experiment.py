@@ -47,8 +47,9 @@ def _trial_rows(engine, prompts, settings) -> pd.DataFrame:
 
 
 def _settings(**extra):
+    cures = {"quality_prompts": 2, "cure_keep_tokens": [0, 4], "recompute_shares": [0.25]}
     return merge(
-        {"trials": 2, "settle_ms": 0, "max_tokens": 4, **extra},
+        {"trials": 2, "settle_ms": 0, "max_tokens": 4, **cures, **extra},
         {"size_a": 24, "size_b": 12},
         n_threads=2,
     )
@@ -266,7 +267,14 @@ def test_non_latin_text_runs_on_the_real_model(tmp_path, model_path):
     assert any("\u0400" <= ch <= "\u04ff" for ch in "".join(sample["prompt_text"]))
     found = pd.read_csv(cures)
     assert found["cache_verified"].all()
-    assert set(found["cure"]) >= {"hit", "miss", "shift", "shift_recompute_0.25"}
+    assert set(found["cure"]) == {
+        "hit",
+        "miss",
+        "shift",
+        "shift_tail_0.25",
+        "shift_head_0.25",
+        "cached_vs_full",
+    }
 
 
 def test_non_latin_prompt_text_gives_exact_prompts(tmp_path, engine):
@@ -332,7 +340,8 @@ def test_an_engine_failure_during_the_cures_keeps_the_measured_cure_rows(
     with pytest.raises(experiment.IncompleteRunError, match="4 cure rows"):
         experiment.run_experiment(model_path, _settings(), _files(results, prompts))
     kept = pd.read_csv(tmp_path / "incomplete" / cures.name)
-    assert list(kept["cure"])[0] == "noise_floor" and len(kept) == 4
+    # the numerics row of the first trial, then the three cures restored before the failure
+    assert list(kept["cure"])[0] == "cached_vs_full" and len(kept) == 4
     assert len(pd.read_csv(tmp_path / "incomplete" / results.name)) == 4
     assert not cures.exists() and not results.exists()
 

@@ -190,21 +190,26 @@ def test_cures_csv(run, a, b):
     workdir, config, _, _ = run
     df = pd.read_csv(workdir / f"results/cures_phase3b_a{a}_b{b}.csv")
     assert list(df.columns) == list(CURE_COLUMNS)
-    shares = [0.1, 0.25, 0.5]
-    names = {"hit", "miss", "shift", *(f"shift_recompute_{r:g}" for r in shares)}
-    trials = df[df.trial > 0]
-    assert set(trials["cure"]) == names and len(trials) == TRIALS * len(names)
-    assert list(df.loc[df.trial == 0, "cure"]) == ["noise_floor"]
-    assert df["cache_verified"].all()
+    shares, keeps, prompts = [0.1, 0.25, 0.5], COMMON["cure_keep_tokens"], COMMON["quality_prompts"]
+    names = {"hit", "miss", "shift"}
+    names |= {f"shift_{where}_{r:g}" for r in shares for where in ("tail", "head")}
+    timed = df[df.cure != "cached_vs_full"]
+    assert set(timed["cure"]) == names and len(timed) == len(keeps) * prompts * len(names)
+    assert set(timed["keep_tokens"]) == set(keeps)
+    numerics = df[df.cure == "cached_vs_full"]
+    assert list(numerics["trial"]) == list(range(1, prompts + 1))
+    assert df["cache_verified"].all(), df["cache_note"].dropna().tolist()
     expected = {"hit": QUERY, "miss": b + QUERY, "shift": QUERY}
-    expected |= {f"shift_recompute_{r:g}": round(r * b) + QUERY for r in shares}
-    for row in trials.itertuples():
+    expected |= {
+        f"shift_{where}_{r:g}": round(r * b) + QUERY for r in shares for where in ("tail", "head")
+    }
+    for row in timed.itertuples():
         assert row.tokens_expected == expected[row.cure]
         assert row.prefill_tokens + row.decode_tokens == row.tokens_expected
     gpt2 = "gpt2" in next(iter(config["models"]))
     assert set(df["position_correction"]) == {"none (absolute positions)" if gpt2 else "rope"}
-    miss = trials[trials.cure == "miss"]
-    assert (miss["top1_agreement"] == 1.0).all()  # the miss is the exact answer
+    miss = timed[timed.cure == "miss"]
+    assert (miss["top1_agreement"] == 1.0).all()  # the miss reaches the exact answer
 
 
 @pytest.mark.parametrize(("a", "b"), SIZES)

@@ -52,17 +52,23 @@ PROMPT_NAMES: tuple[str, ...] = ("warmup", "hit", "miss")
 
 CONDITIONS: tuple[str, ...] = ("hit", "miss")
 
-#: The cures CSV (``results/cures_phase3b_a{A}_b{B}.csv``): one row per trial and cure.
+#: The cures CSV (``results/cures_phase3b_a{A}_b{B}.csv``): one row per kept prefix size,
+#: trial and cure. Trial t measures every cure on its own prompt t (the prompts differ in
+#: text, not in size), so the trials are both the cures' timing repeats and the units of
+#: the quality intervals.
 CURE_COLUMNS: tuple[str, ...] = (
-    "trial",  # 1..trials; 0 for the noise_floor row
-    "cure",  # hit, miss, shift, shift_recompute_{r}, or noise_floor
-    "order",  # position of this cure within its trial (the order rotates)
+    "trial",  # 1..quality_prompts: the prompt this trial measured
+    "cure",  # hit, miss, shift, shift_tail_{r}, shift_head_{r}, server_cache_reuse, or
+    # cached_vs_full (not a cure: an exact prefix hit against a full recompute, untimed)
+    "order",  # position of this cure within its trial (a shuffled order, fixed seed)
+    "predecessor",  # the cure run just before it in the same trial ("" for the first)
     "keep_tokens",  # tokens of the kept prefix S before A
     "size_a",
     "size_b",
     "size_q",
     "position_correction",  # rope, or none (absolute positions: a shift cannot correct)
     "recompute_share",  # r: share of B recomputed after the shift (NaN: not a shift)
+    "recompute_where",  # head (B's first tokens) or tail (its last), "" otherwise
     "recompute_tokens",  # round(r * size_b)
     "tokens_expected",  # tokens the timed call must evaluate by design
     "ttft_ms",  # wall time of the cure's whole work: cache operations, evaluation, 1 token
@@ -72,10 +78,13 @@ CURE_COLUMNS: tuple[str, ...] = (
     "decode_ms",
     "overhead_ms",
     "restored_pos_max",  # the cache's highest position after restoring the warm snapshot
+    "cache_pos_min",  # the lowest position the sequence holds after the call
+    "cache_cells",  # cells the sequence holds after the call (positions 0.. each once)
     "cache_verified",
     "cache_note",
     "kl_mean",  # KL(exact || cure) over Q's positions and the continuation, mean (nats)
-    "kl_p99",  # its 99th percentile
+    "kl_p99",  # its 99th percentile, where there are at least 100 positions (else empty)
+    "kl_max",  # its largest value
     "top1_agreement",  # share of positions whose most likely token is the exact answer's
     "rms_dp",  # RMS of the change in the probability of the reference token
     "first_divergence",  # first continuation position where greedy generation diverges

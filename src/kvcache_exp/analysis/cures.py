@@ -2,25 +2,24 @@
 
 A cure answers ``[S, B, Q]`` from the cache warmed with ``[S, A, B]`` without
 recomputing all of B (:mod:`kvcache_exp.measure.cures`). Two questions decide whether
-one is worth having, and each gets a three-valued verdict:
+one is worth having, and each gets a three-valued verdict at each kept prefix size S
+(:mod:`.cure_verdicts`; the thresholds are stated here):
 
 * **Speed**: how much of the miss penalty (miss TTFT − hit TTFT) does it win back? The
   share recovered, ``(miss − cure) / (miss − hit)`` of the median TTFTs, is 1 for a cure
   as fast as a hit and 0 for one as slow as a miss.
-* **Quality**: does it answer like the exact answer (the miss, a full recompute)? Its
-  next-token distributions are compared with the miss's; a full recompute against a
-  second one with another batch split gives the noise floor of that comparison.
+* **Quality**: does it answer like the exact answer (a full recompute)? Its next-token
+  distributions over Q and a continuation are compared with the exact answer's; the
+  miss, which reaches the exact answer through the cures' own path, is the noise floor.
 
-The trials of each cure are independent repeats from the same restored warm cache, so
-the hit, the miss and the cure are resampled independently in every interval: all come
-from the package's one bootstrap (:func:`.stats.stratified_bootstrap`, with its fixed
-seed), so every number is reproducible from the CSVs. Trials that failed cache
-verification never enter a statistic or a verdict. The rule for slow outliers that the
-results' summary applies (:mod:`.trials`) is not applied here: cures_summary.csv has no
-column to count what it would set aside. The quality figures are the median over the
-verified trials: they are deterministic per configuration in practice, so they have no
-interval. Reading the CSVs is :func:`.load.load_cures`; the cures' names are
-:mod:`.cure_names`.
+Trial t of a cure ran on prompt t, so the prompt is the unit: the quality figures are
+means over the prompts with a bootstrap interval over them, and the timing figures are
+medians over the trials, the hit, the miss and the cure resampled independently. Every
+interval comes from the package's one bootstrap (:func:`.stats.stratified_bootstrap`,
+fixed seed), so every number is reproducible from the CSVs. Trials that failed cache
+verification never enter a statistic or a verdict, and the results' rule for slow
+outliers (:mod:`.trials`) sets aside the same hiccups here (``n_set_aside``). Reading the
+CSVs is :func:`.load.load_cures`; the cures' names are :mod:`.cure_names`.
 """
 
 from __future__ import annotations
@@ -30,43 +29,37 @@ import math
 import numpy as np
 import pandas as pd
 
-from kvcache_exp.analysis import stats
+from kvcache_exp.analysis import stats, trials
 from kvcache_exp.analysis.cure_names import (
-    ENDS,
+    CACHED_VS_FULL,
+    FLOOR,
     HIT,
     MISS,
-    NOISE_FLOOR,
-    config_label,
-    cure_label,
     cure_rank,
-    is_uncorrected,
     recompute_share,
+    recompute_where,
 )
-from kvcache_exp.analysis.formatting import finite, num, pct, pct_ci
 from kvcache_exp.analysis.load import verified_flags
-from kvcache_exp.analysis.verdicts import NOT_SUPPORTED, SUPPORTED, UNDETERMINED, Verdict
 
 #: A cure "recovers most of the miss penalty" when, in every configuration, the whole CI of
 #: its recovered share lies above this; it does not when, in any, the whole CI lies below.
 RECOVER_MIN_SHARE = 0.5
-#: A cure "answers like a full recompute" when, in every configuration, its top-1 agreement
-#: with the exact answer is at least this...
+#: A cure "answers like a full recompute" when, in every configuration, the whole CI of its
+#: top-1 agreement with the exact answer lies at or above this...
 EXACT_MIN_TOP1 = 0.95
-#: ...and its mean KL(exact || cure) over the compared positions at most this (nats).
+#: ...and the whole CI of its mean KL(exact || cure) at or below this (nats).
 EXACT_MAX_KL = 0.05
 
-#: The quality columns, summarised as medians over the verified trials.
-QUALITY_COLUMNS: tuple[str, ...] = (
-    "kl_mean",
-    "kl_p99",
-    "top1_agreement",
-    "rms_dp",
-    "first_divergence",
-    "quality_positions",
+#: The timing figures of a summary row (none for the untimed cached_vs_full row).
+TIMING_COLUMNS: tuple[str, ...] = tuple(
+    f"{name}{end}"
+    for name in ("ttft", "share_of_miss", "recovered")
+    for end in (
+        ("_ms", "_ci_low_ms", "_ci_high_ms") if name == "ttft" else ("", "_ci_low", "_ci_high")
+    )
 )
-#: The noise floor's figures, carried on every row of its configuration.
-FLOOR_COLUMNS: tuple[str, ...] = tuple(f"floor_{c}" for c in QUALITY_COLUMNS[:5])
-
+#: The quality figures with an interval over the prompts (means over them).
+QUALITY_MEANS: tuple[str, ...] = ("kl_mean", "top1_agreement")
 #: cures_summary.csv: one row per (keep_tokens, size_a, size_b, cure).
 CURE_SUMMARY_COLUMNS: tuple[str, ...] = (
     "keep_tokens",
@@ -75,11 +68,13 @@ CURE_SUMMARY_COLUMNS: tuple[str, ...] = (
     "size_q",
     "cure",
     "recompute_share",  # r (0 for the shift, NaN for the hit and the miss)
+    "recompute_where",  # head or tail ("" otherwise)
     "recompute_tokens",
     "tokens_evaluated",  # median tokens_expected: what the timed call evaluates by design
     "position_correction",
-    "n",  # verified trials
+    "n",  # verified trials (prompts)
     "n_unverified",
+    "n_set_aside",  # slow outlier trials left out of the timing figures
     "ttft_ms",  # median
     "ttft_ci_low_ms",
     "ttft_ci_high_ms",
@@ -89,8 +84,21 @@ CURE_SUMMARY_COLUMNS: tuple[str, ...] = (
     "recovered",  # (miss - cure) / (miss - hit); 1 for the hit, 0 for the miss, by definition
     "recovered_ci_low",
     "recovered_ci_high",
-    *QUALITY_COLUMNS,
-    *FLOOR_COLUMNS,
+    "kl_mean",  # mean over the prompts of each prompt's mean KL (nats)
+    "kl_mean_ci_low",
+    "kl_mean_ci_high",
+    "top1_agreement",  # mean over the prompts
+    "top1_agreement_ci_low",
+    "top1_agreement_ci_high",
+    "kl_p99",  # median over the prompts, where each prompt had enough positions
+    "kl_max",  # the largest over every prompt and position
+    "rms_dp",  # mean over the prompts
+    "first_divergence",  # median over the prompts
+    "quality_positions",  # positions per prompt (median)
+    "floor_kl_mean",  # the miss's, at the same S: the comparison's noise floor
+    "floor_kl_mean_ci_high",
+    "floor_top1_agreement",
+    "floor_top1_agreement_ci_low",
 )
 
 _CONFIG: list[str] = ["keep_tokens", "size_a", "size_b"]
@@ -113,10 +121,28 @@ def _column(rows: pd.DataFrame, name: str) -> np.ndarray:
     return pd.to_numeric(rows[name], errors="coerce").to_numpy(dtype=float)
 
 
-def _quality(rows: pd.DataFrame) -> dict[str, float]:
-    """The median of each quality figure over ``rows`` (NaN where none is defined: the
-    producer leaves the hit's figures empty)."""
-    return {name: stats.median(_column(rows, name)) for name in QUALITY_COLUMNS}
+def _mean(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(samples[0], axis=axis)
+
+
+def _quality(rows: pd.DataFrame, boot: dict) -> dict[str, float]:
+    """The quality figures over ``rows`` (one per prompt): means with an interval over the
+    prompts, the rest summarised (NaN where none is defined: the hit has none)."""
+    found: dict[str, float] = {}
+    for name in QUALITY_MEANS:
+        interval = stats.stratified_bootstrap([_column(rows, name)], _mean, **boot)[0]
+        found |= {name: interval.estimate}
+        found |= {f"{name}_ci_low": interval.low, f"{name}_ci_high": interval.high}
+    kl_max = stats.clean(_column(rows, "kl_max"))
+    return found | {
+        "kl_p99": stats.median(_column(rows, "kl_p99")),
+        "kl_max": float(kl_max.max()) if kl_max.size else math.nan,
+        "rms_dp": float(np.mean(d))
+        if (d := stats.clean(_column(rows, "rms_dp"))).size
+        else math.nan,
+        "first_divergence": stats.median(_column(rows, "first_divergence")),
+        "quality_positions": stats.median(_column(rows, "quality_positions")),
+    }
 
 
 def _recovered(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -167,23 +193,40 @@ def _timing(
     }
 
 
+def _kept_times(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """The finite TTFTs without the slow outliers (the results' rule), and how many were
+    set aside."""
+    values = stats.clean(values)
+    if trials.SLOW_OUTLIER_K is None:
+        return values, 0
+    slow = stats.slow_outliers(values, k=trials.SLOW_OUTLIER_K, slow="high")
+    return values[~slow], int(slow.sum())
+
+
 def _config_rows(config: Config, rows: pd.DataFrame, boot: dict) -> list[dict]:
-    """The summary rows of one configuration, one per cure, in cure order."""
+    """The summary rows of one configuration and kept prefix, one per cure, in cure order."""
     verified = verified_flags(rows["cache_verified"]).eq(True).to_numpy()
     names = rows["cure"].astype(str).to_numpy()
     ttft = _column(rows, "ttft_ms")
-
-    def times(cure: str) -> np.ndarray:
-        return stats.clean(ttft[verified & (names == cure)])
-
-    floor = _quality(rows[verified & (names == NOISE_FLOOR)])
-    floor_row = {f"floor_{c}": floor[c] for c in QUALITY_COLUMNS[:5]}
-    hit, miss = times(HIT), times(MISS)
+    times = {cure: _kept_times(ttft[verified & (names == cure)]) for cure in set(names)}
+    floor = _quality(rows[verified & (names == FLOOR)], boot)
+    floor_row = {
+        "floor_kl_mean": floor["kl_mean"],
+        "floor_kl_mean_ci_high": floor["kl_mean_ci_high"],
+        "floor_top1_agreement": floor["top1_agreement"],
+        "floor_top1_agreement_ci_low": floor["top1_agreement_ci_low"],
+    }
+    hit, miss = times.get(HIT, (np.array([]), 0))[0], times.get(MISS, (np.array([]), 0))[0]
     found = []
-    for cure in sorted(set(names) - {NOISE_FLOOR}, key=cure_rank):
+    for cure in sorted(set(names), key=cure_rank):
         mine = names == cure
         used = rows[verified & mine]
         corrections = sorted(set(rows.loc[mine, "position_correction"].dropna().astype(str)))
+        timing = (
+            _timing(cure, hit, miss, times[cure][0], boot)
+            if cure != CACHED_VS_FULL
+            else dict.fromkeys(TIMING_COLUMNS, math.nan)
+        )
         found.append(
             {
                 "keep_tokens": config[0],
@@ -192,13 +235,15 @@ def _config_rows(config: Config, rows: pd.DataFrame, boot: dict) -> list[dict]:
                 "size_q": stats.median(_column(rows[mine], "size_q")),
                 "cure": cure,
                 "recompute_share": recompute_share(cure),
+                "recompute_where": recompute_where(cure),
                 "recompute_tokens": stats.median(_column(used, "recompute_tokens")),
                 "tokens_evaluated": stats.median(_column(used, "tokens_expected")),
                 "position_correction": " / ".join(corrections),
                 "n": int(len(used)),
                 "n_unverified": int((mine & ~verified).sum()),
-                **_timing(cure, hit, miss, times(cure), boot),
-                **_quality(used),
+                "n_set_aside": times[cure][1],
+                **timing,
+                **_quality(used, boot),
                 **floor_row,
             }
         )
@@ -211,8 +256,9 @@ def summarize_cures(
     n_resamples: int = stats.RESAMPLES,
     seed: int = stats.SEED,
 ) -> pd.DataFrame:
-    """One row per (keep_tokens, size_a, size_b, cure): configurations in the order they
-    appear, cures in :func:`cure_rank` order; columns :data:`CURE_SUMMARY_COLUMNS`.
+    """One row per (keep_tokens, size_a, size_b, cure): configurations and kept prefixes in
+    the order they appear, cures in :func:`cure_rank` order; columns
+    :data:`CURE_SUMMARY_COLUMNS`.
 
     Only verified trials (``cache_verified`` True) enter a number; ``n_unverified`` counts
     the others. Intervals are 95% percentile bootstraps with a fixed seed.
@@ -224,141 +270,3 @@ def summarize_cures(
         here = (df["keep_tokens"] == keep) & (df["size_a"] == size_a) & (df["size_b"] == size_b)
         rows += _config_rows(config, df[here], boot)
     return pd.DataFrame(rows, columns=list(CURE_SUMMARY_COLUMNS))
-
-
-# --------------------------------------------------------------------------- verdicts
-
-
-def _combine(outcomes: list[str]) -> str:
-    """Not supported when any configuration is not, supported when every one is."""
-    if NOT_SUPPORTED in outcomes:
-        return NOT_SUPPORTED
-    if outcomes and all(o == SUPPORTED for o in outcomes):
-        return SUPPORTED
-    return UNDETERMINED
-
-
-def _pct(value: float) -> str:
-    return pct(value, ".0f")
-
-
-def _pct_with_ci(row: pd.Series, name: str) -> str:
-    """``row[name]`` and its interval as percentages, e.g. ``91% [85%, 97%]``."""
-    low, high = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
-    return f"{_pct(row[name])} {pct_ci(low, high, '.0f')}"
-
-
-def _row_label(row: pd.Series) -> str:
-    return config_label(row["keep_tokens"], row["size_a"], row["size_b"])
-
-
-def _recovery_outcome(row: pd.Series) -> str:
-    low, high = float(row["recovered_ci_low"]), float(row["recovered_ci_high"])
-    if not finite(low, high):
-        return UNDETERMINED
-    if low > RECOVER_MIN_SHARE:
-        return SUPPORTED
-    if high < RECOVER_MIN_SHARE:
-        return NOT_SUPPORTED
-    return UNDETERMINED
-
-
-_RECOVERY_RULE = (
-    f"Rule: supported when, in every configuration, the whole 95% CI of the share of the "
-    f"miss penalty recovered, (miss − cure) / (miss − hit) of the median TTFTs, lies above "
-    f"{RECOVER_MIN_SHARE:.0%}; not supported when in any configuration it lies below "
-    f"{RECOVER_MIN_SHARE:.0%}; otherwise (or when an interval is not defined) undetermined."
-)
-
-
-def _recovery_verdict(cure: str, rows: pd.DataFrame, label: str) -> Verdict:
-    """Does the cure win back most of the time a miss loses?"""
-    outcomes = [_recovery_outcome(r) for _, r in rows.iterrows()]
-    parts = [
-        f"{_row_label(r)}: {_pct_with_ci(r, 'recovered')} recovered (median TTFT "
-        f"{num(r['ttft_ms'], '.1f', ' ms')}, {_pct_with_ci(r, 'share_of_miss')} of the "
-        f"miss's; {int(r['n'])} trials) → {outcome}"
-        for (_, r), outcome in zip(rows.iterrows(), outcomes, strict=True)
-    ]
-    status = _combine(outcomes)
-    lows = rows["recovered_ci_low"].to_numpy(dtype=float)
-    highs = rows["recovered_ci_high"].to_numpy(dtype=float)
-    evidence = {
-        "n_configs": float(len(rows)),
-        "min_recovered": float(rows["recovered"].min()) if len(rows) else math.nan,
-        "min_recovered_ci_low": float(lows.min()) if lows.size and finite(*lows) else math.nan,
-        "max_recovered_ci_high": float(highs.max()) if highs.size and finite(*highs) else math.nan,
-    }
-    reason = f"{'; '.join(parts) or 'no configuration measured it'}. {_RECOVERY_RULE}"
-    claim = f"{label[0].upper()}{label[1:]} recovers most of the miss penalty"
-    return Verdict(f"{cure}_recovers", claim, status, reason, evidence)
-
-
-def _exact_outcome(row: pd.Series) -> str:
-    kl, top1 = float(row["kl_mean"]), float(row["top1_agreement"])
-    floor_kl, floor_top1 = float(row["floor_kl_mean"]), float(row["floor_top1_agreement"])
-    floor_misses = (math.isfinite(floor_top1) and floor_top1 < EXACT_MIN_TOP1) or (
-        math.isfinite(floor_kl) and floor_kl > EXACT_MAX_KL
-    )
-    if floor_misses:
-        return UNDETERMINED  # the comparison itself cannot resolve the thresholds here
-    if finite(kl, top1) and top1 >= EXACT_MIN_TOP1 and kl <= EXACT_MAX_KL:
-        return SUPPORTED
-    if (math.isfinite(top1) and top1 < EXACT_MIN_TOP1) or (math.isfinite(kl) and kl > EXACT_MAX_KL):
-        return NOT_SUPPORTED
-    return UNDETERMINED
-
-
-_EXACT_RULE = (
-    f"Rule: supported when, in every configuration, the top-1 agreement with the exact answer "
-    f"(the miss, a full recompute) is at least {EXACT_MIN_TOP1:.0%} and the mean KL(exact ‖ "
-    f"cure) at most {EXACT_MAX_KL:g} nats; not supported when any configuration misses either; "
-    "undetermined when a figure is missing, or where the noise floor (the exact answer against "
-    "a second full recompute with another batch split) itself misses a threshold."
-)
-
-
-def _exact_verdict(cure: str, rows: pd.DataFrame, label: str, uncorrected: bool) -> Verdict:
-    """Does the cure answer like a full recompute, within stated thresholds?"""
-    outcomes = [_exact_outcome(r) for _, r in rows.iterrows()]
-    parts = [
-        f"{_row_label(r)}: top-1 {_pct(r['top1_agreement'])}, mean KL "
-        f"{num(r['kl_mean'], '.3g', ' nats')}, p99 KL {num(r['kl_p99'], '.3g')} (noise floor: "
-        f"top-1 {_pct(r['floor_top1_agreement'])}, mean KL {num(r['floor_kl_mean'], '.3g')}) "
-        f"→ {outcome}"
-        for (_, r), outcome in zip(rows.iterrows(), outcomes, strict=True)
-    ]
-    status = _combine(outcomes)
-    note = (
-        " This model has absolute position embeddings: a shift cannot correct B's positions, "
-        "so this is an uncorrected shift, and its quality says nothing about a RoPE model's."
-        if uncorrected
-        else ""
-    )
-    kls, top1s = rows["kl_mean"].to_numpy(dtype=float), rows["top1_agreement"].to_numpy(dtype=float)
-    evidence = {
-        "n_configs": float(len(rows)),
-        "max_kl_mean": float(kls.max()) if kls.size and finite(*kls) else math.nan,
-        "min_top1_agreement": float(top1s.min()) if top1s.size and finite(*top1s) else math.nan,
-        "max_floor_kl_mean": float(rows["floor_kl_mean"].max()) if len(rows) else math.nan,
-    }
-    reason = f"{'; '.join(parts) or 'no configuration measured it'}.{note} {_EXACT_RULE}"
-    claim = f"{label[0].upper()}{label[1:]} answers like a full recompute"
-    return Verdict(f"{cure}_exact", claim, status, reason, evidence)
-
-
-def verdicts_from_summary(summary: pd.DataFrame) -> list[Verdict]:
-    """The two verdicts of every cure other than the hit and the miss, from
-    :func:`summarize_cures`'s table (so that a caller who has it need not bootstrap again).
-
-    In cure order, for each cure: "<cure>_recovers" (speed), then "<cure>_exact" (quality).
-    """
-    found: list[Verdict] = []
-    cures = sorted(set(summary["cure"].astype(str)) - set(ENDS), key=cure_rank)
-    for cure in cures:
-        rows = summary[summary["cure"] == cure]
-        uncorrected = any(is_uncorrected(p) for p in rows["position_correction"])
-        label = cure_label(cure, uncorrected)
-        found.append(_recovery_verdict(cure, rows, label))
-        found.append(_exact_verdict(cure, rows, label, uncorrected))
-    return found

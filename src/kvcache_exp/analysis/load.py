@@ -29,7 +29,16 @@ from kvcache_exp.columns import (
 #: Both kinds of CSV are named ..._a<A>_b<B>.csv, e.g. results_phase3b_a512_b256.csv.
 _SIZES_NAME = re.compile(r"_a(?P<a>\d+)_b(?P<b>\d+)\.csv$")
 _RESULT_TEXT_COLUMNS = frozenset({"condition", "finish_reason", "cache_verified", "cache_note"})
-_CURE_TEXT_COLUMNS = frozenset({"cure", "position_correction", "cache_verified", "cache_note"})
+_CURE_TEXT_COLUMNS = frozenset(
+    {
+        "cure",
+        "predecessor",
+        "position_correction",
+        "recompute_where",
+        "cache_verified",
+        "cache_note",
+    }
+)
 _CURE_KEY_COLUMNS: tuple[str, ...] = ("trial", "keep_tokens", "size_a", "size_b")
 
 
@@ -140,7 +149,8 @@ def _read_cures(path: Path) -> pd.DataFrame:
     _check_cure_columns(df, path)
     df = _cure_numbers(df, path)
     _check_cure_rows(df, path)
-    df["cache_note"] = df["cache_note"].fillna("")
+    for name in ("cache_note", "predecessor", "recompute_where"):
+        df[name] = df[name].fillna("")
     for name in _CURE_KEY_COLUMNS:
         df[name] = df[name].astype(int)
     return df
@@ -191,7 +201,8 @@ def _check_cure_rows(df: pd.DataFrame, path: Path) -> None:
     if unknown:
         raise ValueError(
             f"{path}: unknown cure(s) {unknown}; expected hit, miss, shift, "
-            "shift_recompute_<r> with 0 < r <= 1, server_cache_reuse, or noise_floor"
+            "shift_tail_<r> or shift_head_<r> with 0 < r <= 1, server_cache_reuse, or "
+            "cached_vs_full"
         )
     for name in _CURE_KEY_COLUMNS:
         missing = np.flatnonzero(~np.isfinite(df[name].to_numpy(dtype=float)))

@@ -82,6 +82,10 @@ class ExperimentSettings:
     cures: bool
     recompute_shares: list[float]
     quality_tokens: int
+    cure_keep_tokens: list[int] = field(
+        default_factory=lambda: schema.defaults()["cure_keep_tokens"]
+    )
+    quality_prompts: int = field(default_factory=lambda: schema.defaults()["quality_prompts"])
     engine: str = field(default_factory=lambda: schema.defaults()["engine"])
     server: ServerSettings = field(default_factory=lambda: ServerSettings.from_mapping(None))
 
@@ -100,13 +104,43 @@ class ExperimentSettings:
         """The configuration's file-name tag, e.g. ``a512_b256`` (:func:`kvcache_exp.paths.tag`)."""
         return paths.tag(self.size_a, self.size_b)
 
+    def context_needs(self) -> list[tuple[int, str]]:
+        """Every prompt with what is generated after it, as (tokens, description): the
+        seed's hit and its generation and, with the cures, at each kept prefix S, the
+        warmed ``[S, A, B]`` with its warm-up tokens and the exact answer ``[S, B, Q]``
+        with its continuation."""
+        a, b, q = self.size_a, self.size_b, self.query_tokens
+        s = self.keep_tokens
+        prefix, names = ("S+", f"{s}+") if s else ("", "")
+        needs = [
+            (
+                s + a + b + q + self.max_tokens,
+                f"the hit prompt ({prefix}A+B+Q = {names}{a}+{b}+{q}) plus "
+                f"max_tokens={self.max_tokens}",
+            )
+        ]
+        if self.cures:
+            for k in self.cure_keep_tokens:
+                needs.append(
+                    (
+                        k + a + b + max(q, self.warmup_tokens),
+                        f"the cures' hit at S={k} (S+A+B+Q = {k}+{a}+{b}+{q}, or warm-up "
+                        f"tokens {self.warmup_tokens} after S+A+B)",
+                    )
+                )
+                needs.append(
+                    (
+                        k + b + q + self.quality_tokens,
+                        f"the cures' exact answer at S={k} (S+B+Q = {k}+{b}+{q}) plus "
+                        f"quality_tokens={self.quality_tokens}",
+                    )
+                )
+        return needs
+
     @property
     def longest_context(self) -> int:
-        """Tokens in the longest prompt plus every token generated after it (the hit's
-        generation, or the cures' reference continuation after the miss prompt)."""
-        hit = self.keep_tokens + self.size_a + self.size_b + self.query_tokens + self.max_tokens
-        cures = self.keep_tokens + self.size_b + self.query_tokens + self.quality_tokens
-        return max(hit, cures if self.cures else 0)
+        """Tokens in the longest prompt plus every token generated after it."""
+        return max(n for n, _ in self.context_needs())
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,18 +195,8 @@ def expand_experiments(config: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _context_need(settings: ExperimentSettings) -> str:
     """What needs the most context, in words, e.g. for an n_ctx that is too small."""
-    s = settings
-    prefix, names = ("S+", f"{s.keep_tokens}+") if s.keep_tokens else ("", "")
-    hit = s.keep_tokens + s.size_a + s.size_b + s.query_tokens + s.max_tokens
-    if hit >= s.longest_context:
-        return (
-            f"the hit prompt ({prefix}A+B+Q = {names}{s.size_a}+{s.size_b}+{s.query_tokens}) "
-            f"plus max_tokens={s.max_tokens} needs {hit} tokens"
-        )
-    return (
-        f"the cures' reference ({prefix}B+Q = {names}{s.size_b}+{s.query_tokens}) plus "
-        f"quality_tokens={s.quality_tokens} needs {s.longest_context} tokens"
-    )
+    need, what = max(settings.context_needs(), key=lambda n: n[0])
+    return f"{what} needs {need} tokens"
 
 
 def _is_int(value: Any) -> bool:

@@ -62,6 +62,8 @@ class LlamaCppPython:
     """The in-process engine: one model, one context, prompts in sequence 0."""
 
     name = "llama_cpp_python"
+    #: Sequences of the context (the second one for recomputing in the middle of the cache).
+    sequences = 2
     capabilities = frozenset(
         {
             Capability.CACHE_SURGERY,
@@ -112,7 +114,7 @@ class LlamaCppPython:
         params.n_ctx = s.n_ctx
         params.n_batch = params.n_ubatch = s.n_batch
         params.n_threads = params.n_threads_batch = s.n_threads
-        params.n_seq_max = 2
+        params.n_seq_max = self.sequences
         params.kv_unified = True
         params.flash_attn_type = (
             llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -346,7 +348,7 @@ class LlamaCppPython:
             "n_threads": self.settings.n_threads,
             "n_batch": self.settings.n_batch,
             "n_ctx": self.settings.n_ctx,
-            "n_seq_max": 2,
+            "n_seq_max": self.sequences,
             "kv_unified": True,
             "flash_attn": self.settings.flash_attn,
             "cache_type_k": self.settings.cache_type_k,

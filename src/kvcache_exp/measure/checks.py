@@ -116,3 +116,62 @@ def check_server_cure(
     if held is not None and held != prompt:
         notes.append(f"the server holds {held} tokens after the call, expected {prompt}")
     return "; ".join(notes)
+
+
+def _cells(positions: list[int] | None, expected: int) -> str:
+    """Why a sequence's cells are not exactly one at each position 0..expected-1, or ''."""
+    if positions is None:
+        return "the cache's cells could not be read from llama.cpp's state"
+    if sorted(positions) == list(range(expected)):
+        return ""
+    doubled = len(positions) - len(set(positions))
+    extra = f", {doubled} positions held twice" if doubled else ""
+    span = f"{min(positions)}..{max(positions)}" if positions else "none"
+    return (
+        f"the cache holds {len(positions)} cells at positions {span}{extra}, expected "
+        f"{expected} cells at 0..{expected - 1}"
+    )
+
+
+def check_cure(
+    measured: protocol.CallMeasurement,
+    expected: int,
+    *,
+    restored: int,
+    warm_held: int,
+    pos_min: int,
+    positions: list[int] | None,
+    prompt: int,
+) -> str:
+    """Why an in-process cure trial contradicts the design, or '' when it agrees.
+
+    Its counts are not enough: a shift that moved nothing still evaluates |Q| tokens
+    after the highest position. So besides the restored snapshot (``warm_held`` tokens)
+    and the tokens evaluated and sampled, the cache after the call must hold exactly the
+    ``prompt`` tokens: its lowest position 0, one cell at each position 0..prompt-1
+    (read from llama.cpp's own state), and every cell removal llama.cpp was asked for
+    done.
+    """
+    notes = []
+    if restored != warm_held - 1:
+        notes.append(f"the restored cache ends at position {restored}, expected {warm_held - 1}")
+    if measured.eval_tokens != expected:
+        notes.append(f"the call evaluated {measured.eval_tokens} tokens, expected {expected}")
+    if measured.completion_tokens != 1:
+        notes.append(f"the call sampled {measured.completion_tokens} tokens, expected 1")
+    if not measured.result.extra.get("removals_done", True):
+        notes.append("llama.cpp refused a cell removal the cure asked for")
+    if pos_min != 0:
+        notes.append(f"the cache's lowest position is {pos_min} after the call, expected 0")
+    if cells := _cells(positions, prompt):
+        notes.append(cells)
+    return "; ".join(notes)
+
+
+def check_cached_vs_full(pos_min: int, positions: list[int] | None, tokens: int) -> str:
+    """Why the full recompute of the ``cached_vs_full`` row did not hold all of its
+    ``tokens`` at positions 0.. (one pass from an empty cache), or ''."""
+    notes = [] if pos_min == 0 else [f"its lowest position is {pos_min}, expected 0"]
+    if cells := _cells(positions, tokens):
+        notes.append(cells)
+    return "; ".join(notes)

@@ -1,24 +1,35 @@
-"""The cures for a miss: keep B's cache instead of recomputing it, and at what cost.
+"""The cures for a miss, in-process: keep B's cache instead of recomputing it, and at what
+cost.
 
-After A is removed, the prompt ``[S, B, Q]`` no longer matches the cached
-``[S, A, B]``. Besides recomputing everything after S (the miss), an engine can:
+After A is removed, the prompt ``[S, B, Q]`` no longer matches the cached ``[S, A, B]``.
+Besides recomputing everything after S (the miss), an engine can:
 
 * **shift**: drop A's cells and move B's cells back by |A| (llama.cpp re-rotates their
-  RoPE keys), then evaluate only Q. llama.cpp's server does this with
-  ``--cache-reuse``; B's states were computed with A before them, so the answer is no
-  longer exact.
-* **shift + recompute r**: as shift, then drop and recompute the last ``r·|B|`` tokens
-  of B together with Q (as CacheBlend and EPIC recompute a share of the kept tokens),
-  to win back quality.
+  RoPE keys), then evaluate only Q. llama-server does this with ``--cache-reuse``, chat
+  front-ends with a context shift. B's states were computed with A in view, so the
+  answer is no longer exact.
+* **shift + recompute r, tail**: as the shift, then recompute the last ``r·|B|`` tokens
+  of B with Q. They still attend to the first part of B, whose states saw A.
+* **shift + recompute r, head**: as the shift, then recompute the first ``r·|B|`` tokens
+  of B (in llama.cpp's second sequence, from the cells of S), so that the cache's start,
+  which later tokens attend to most (the attention sink), is exact again. Same cost.
 
-Each trial starts from the same warmed cache, restored from a llama.cpp state snapshot
-(re-warming ``[S, A, B]`` every time would dominate the run), and times one call that
-does the cure's whole work: the cache operations, the evaluation and one sampled
-token. The hit and the miss are measured the same way, as the two ends. After the
-timed call, and untimed, the cure's next-token distributions over Q and a greedy
-continuation of the exact answer are compared with the exact answer's
-(:mod:`kvcache_exp.measure.quality`). A full recompute against another full recompute
-with a different batch split gives the noise floor of that comparison.
+The kept prefix S matters: with S empty the shift moves B's first cell to position 0,
+although its keys and values were computed as a middle token; every model that relies on
+an attention sink then sees a cache without a valid first cell. So the cures are measured
+at several S (:mod:`.cure_plan`), one set of rows each.
+
+Trial t of each S measures every cure on its own prompt t, from a snapshot of its warmed
+cache, in a shuffled order; each timed call does the cure's whole work (cache
+operations, evaluation, one sampled token), and its cache is then proved to hold exactly
+``[S, B, Q]`` at positions 0.. (:func:`.checks.check_cure`). Untimed, the cure's
+next-token distributions over Q and a greedy continuation of the exact answer are
+compared with the exact answer's (:mod:`.quality`); the exact answer is a full recompute
+of ``[S, B, Q]`` from an empty cache. The miss, which reaches the exact answer through
+the cures' own path (restored snapshot, cache operation, batch, scoring), is the noise
+floor of that comparison; the ``cached_vs_full`` row says, separately, how far the exact
+answer through a prefix-cache hit is from one full recompute (on a CPU, not at all; on a
+GPU, not bit-identical).
 """
 
 from __future__ import annotations
@@ -30,84 +41,49 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from kvcache_exp.columns import CURE_COLUMNS
 from kvcache_exp.engines.base import CacheSurgeryEngine
 from kvcache_exp.measure import protocol, quality
+from kvcache_exp.measure.checks import check_cached_vs_full, check_cure
+from kvcache_exp.measure.cure_plan import (
+    CACHED_VS_FULL,
+    HIT,
+    MISS,
+    TAIL,
+    Cure,
+    PromptFactory,
+    cure_columns,
+    in_order,
+    log_row,
+    plan,
+    shuffled,
+    sizes,
+)
 from kvcache_exp.measure.prompts import PromptSet
 
 log = logging.getLogger(__name__)
 
-#: The batch sizes of the second full recompute that measures the noise floor: the
-#: context in batches of 64, the scored tokens one at a time. (On SmolLM2, llama.cpp's CPU
-#: results were bit-identical across batches of 2 or more tokens and differed for single
-#: tokens, whose kernels differ.)
-NOISE_FLOOR_CONTEXT_BATCH = 64
-NOISE_FLOOR_SCORED_BATCH = 1
-
-
-@dataclass(frozen=True)
-class Cure:
-    """One way of answering ``[S, B, Q]`` from the cache warmed with ``[S, A, B]``."""
-
-    name: str
-    recompute_share: float = math.nan  # share of B recomputed (shift cures)
-
-    @property
-    def is_shift(self) -> bool:
-        return self.name.startswith("shift")
-
-
-def cures(recompute_shares: list[float]) -> list[Cure]:
-    """The hit and the miss (the two ends), the shift, and shift + recompute r."""
-    found = [Cure("hit"), Cure("miss"), Cure("shift", 0.0)]
-    found += [Cure(f"shift_recompute_{r:g}", float(r)) for r in recompute_shares if r > 0]
-    return found
-
-
-def recompute_tokens(share: float, size_b: int) -> int:
-    """Tokens of B a ``shift + recompute share`` cure recomputes: round(share·|B|)."""
-    return 0 if math.isnan(share) else round(share * size_b)
-
 
 @dataclass(frozen=True)
 class Reference:
-    """The exact answer: the next-token log-probabilities of a full recompute of
-    ``[S, B, Q]`` over Q's positions and its own greedy continuation (ending with the
-    end-of-generation token when the model stopped early)."""
+    """The exact answer: a full recompute of ``[S, B, Q]`` from an empty cache, its greedy
+    continuation (ending with the end-of-generation token when the model stopped early),
+    and the next-token log-probabilities over Q and that continuation (teacher-forced,
+    the context ``[S, B]`` cached first: an exact prefix-cache hit)."""
 
+    context: list[int]
+    scored: list[int]
     continuation: list[int]
     log_probs: np.ndarray
     next_tokens: np.ndarray
 
-
-def _feed(engine: CacheSurgeryEngine, tokens: list[int], n_batch: int | None = None) -> None:
-    """Evaluate ``tokens`` after what is cached, ``n_batch`` at a time (untimed)."""
-    step = n_batch or engine.n_batch
-    for start in range(0, len(tokens), step):
-        chunk = tokens[start : start + step]
-        call = engine.first_token([*engine.cached, *chunk])
-        call.run()
-        call.result()
-
-
-def _scored(
-    engine: CacheSurgeryEngine,
-    context: list[int],
-    scored: list[int],
-    context_batch: int | None = None,
-    scored_batch: int | None = None,
-) -> np.ndarray:
-    """From an empty cache: evaluate ``context``, then the log-probabilities after each
-    token of ``scored``."""
-    engine.clear()
-    _feed(engine, context, context_batch)
-    return engine.log_probs(scored, scored_batch)
+    def compare(self, log_probs: np.ndarray) -> quality.Quality:
+        """Another computation's log-probabilities over the same positions, against it."""
+        return quality.compare(self.log_probs, log_probs, self.next_tokens, len(self.continuation))
 
 
 def reference(engine: CacheSurgeryEngine, prompts: PromptSet, n_tokens: int) -> Reference:
-    """The full recompute of the miss prompt and its greedy continuation (untimed)."""
+    """The exact answer of ``prompts`` (untimed; the cache is left empty)."""
     engine.clear()
     call = engine.generation(prompts.miss, n_tokens)
     call.run()
@@ -117,148 +93,153 @@ def reference(engine: CacheSurgeryEngine, prompts: PromptSet, n_tokens: int) -> 
         continuation.append(int(result.extra["stop_token"]))
     q = list(prompts.q.tokens)
     context = prompts.miss[: len(prompts.miss) - len(q)]
-    logp = _scored(engine, context, q + continuation[:-1])
-    next_tokens = np.array(q[1:] + continuation)
+    scored = q + continuation[:-1]
     engine.clear()
-    return Reference(continuation, logp, next_tokens)
-
-
-def noise_floor(engine: CacheSurgeryEngine, prompts: PromptSet, ref: Reference) -> quality.Quality:
-    """A second full recompute, in batches of another size, against the reference."""
-    q = list(prompts.q.tokens)
-    context = prompts.miss[: len(prompts.miss) - len(q)]
-    scored = q + ref.continuation[:-1]
-    logp = _scored(engine, context, scored, NOISE_FLOOR_CONTEXT_BATCH, NOISE_FLOOR_SCORED_BATCH)
+    _feed(engine, context)
+    logp = engine.log_probs(scored)
     engine.clear()
-    return quality.compare(ref.log_probs, logp, ref.next_tokens, len(ref.continuation))
+    return Reference(context, scored, continuation, logp, np.array(q[1:] + continuation))
 
 
-def _cure_quality(
-    engine: CacheSurgeryEngine, prompts: PromptSet, ref: Reference
-) -> quality.Quality:
+def _feed(engine: CacheSurgeryEngine, tokens: list[int]) -> None:
+    """Evaluate ``tokens`` after what is cached, a batch at a time (untimed)."""
+    for start in range(0, len(tokens), engine.n_batch):
+        call = engine.first_token([*engine.cached, *tokens[start : start + engine.n_batch]])
+        call.run()
+        call.result()
+
+
+def _cure_quality(engine: CacheSurgeryEngine, prompts: PromptSet, ref: Reference) -> Any:
     """The cure's distributions over Q and the reference continuation, from the cure's
     cache of ``[S, B]`` (Q's cells are dropped and Q evaluated again with every logit)."""
-    q = list(prompts.q.tokens)
-    engine.truncate(len(prompts.miss) - len(q))
-    logp = engine.log_probs(q + ref.continuation[:-1])
-    return quality.compare(ref.log_probs, logp, ref.next_tokens, len(ref.continuation))
+    engine.truncate(len(ref.context))
+    return ref.compare(engine.log_probs(ref.scored))
 
 
 def _prepare(engine: CacheSurgeryEngine, cure: Cure, prompts: PromptSet) -> tuple[Any, int]:
     """The cure's timed call, prepared, and the tokens it must evaluate."""
-    if cure.name == "hit":
-        return engine.first_token(prompts.hit), len(prompts.q.tokens)
-    if cure.name == "miss":
+    q = len(prompts.q.tokens)
+    if cure.name == HIT:
+        return engine.first_token(prompts.hit), q
+    if cure.name == MISS:
         return engine.first_token(prompts.miss), len(prompts.miss) - len(prompts.s.tokens)
-    k = recompute_tokens(cure.recompute_share, len(prompts.b.tokens))
-    call = engine.shifted_first_token(prompts.miss, prompts.removed, recompute=k)
-    return call, k + len(prompts.q.tokens)
+    k = cure.recompute_tokens(len(prompts.b.tokens))
+    where = cure.where or TAIL  # the plain shift recomputes nothing: either reads the same
+    call = engine.shifted_first_token(prompts.miss, prompts.removed, recompute=k, where=where)
+    return call, k + q
 
 
-def _check(
-    measured: protocol.CallMeasurement,
-    expected: int,
-    restored: int,
-    warm: int,
-    pos_max: int,
-    prompt: int,
-) -> str:
-    """Why a cure trial's counts contradict the design, or '' when they agree."""
-    notes = []
-    if restored != warm - 1:
-        notes.append(f"the restored cache ends at position {restored}, expected {warm - 1}")
-    if measured.eval_tokens != expected:
-        notes.append(f"the call evaluated {measured.eval_tokens} tokens, expected {expected}")
-    if measured.completion_tokens != 1:
-        notes.append(f"the call sampled {measured.completion_tokens} tokens, expected 1")
-    if pos_max != prompt - 1:
-        notes.append(f"the cache ends at position {pos_max} after the call, expected {prompt - 1}")
-    return "; ".join(notes)
+def _cached_vs_full(engine: CacheSurgeryEngine, ref: Reference) -> tuple[quality.Quality, str]:
+    """The exact answer through a prefix-cache hit (the reference) against one full
+    recompute of ``[S, B, Q, continuation]`` in batches, and why that recompute is not
+    what it claims ('' when it is)."""
+    engine.clear()
+    everything = ref.context + ref.scored
+    logp = engine.log_probs(everything, scored=len(ref.scored))
+    note = check_cached_vs_full(engine.pos_min(), engine.cache_positions(), len(everything))
+    engine.clear()
+    return ref.compare(logp), note
 
 
 def run_cures(
     engine: CacheSurgeryEngine,
-    prompts: PromptSet,
+    prompt_for: PromptFactory,
     *,
+    keep_sizes: list[int],
     trials: int,
     warmup_tokens: int,
     settle_s: float,
     recompute_shares: list[float],
     quality_tokens: int,
-    rows: list[dict[str, Any]] | None = None,
-) -> pd.DataFrame:
-    """Every cure, ``trials`` times each, from the same warmed cache; one row per trial and
-    cure, plus one ``noise_floor`` row (trial 0) for the quality comparison itself. Rows
-    are appended to ``rows`` as they are measured, so that a caller keeps them when the
+    seed: int,
+    rows: list[dict[str, Any]],
+) -> None:
+    """Every cure at every kept prefix size, ``trials`` trials each (trial t on prompt t
+    of ``prompt_for``), plus one ``cached_vs_full`` row per trial at the first size.
+    Rows go into ``rows`` as they are measured, so that a caller keeps them when the
     engine fails half-way."""
-    rows = [] if rows is None else rows
     correction = engine.position_correction()
-    ref = reference(engine, prompts, quality_tokens)
-    floor = noise_floor(engine, prompts, ref)
+    cures = plan(recompute_shares)
+    for keep in keep_sizes:
+        for trial in range(1, trials + 1):
+            prompts, snapshot, held = _warm(engine, prompt_for, trial - 1, keep, warmup_tokens)
+            ref = reference(engine, prompts, quality_tokens)
+            shared = {"trial": trial, **sizes(prompts, correction)}
+            if keep == keep_sizes[0]:
+                found, note = _cached_vs_full(engine, ref)
+                rows.append(_numerics_row(shared, found, note))
+                log_row(rows[-1])
+            for order, cure, before in in_order(shuffled(cures, seed, keep, trial)):
+                restored = engine.restore(snapshot)
+                call, expected = _prepare(engine, cure, prompts)
+                if order == 1:  # once per trial: its cures then run back to back
+                    time.sleep(settle_s)
+                measured = protocol.timed(call)
+                prompt = prompts.hit if cure.name == HIT else prompts.miss
+                pos_min, positions = engine.pos_min(), engine.cache_positions()
+                note = check_cure(
+                    measured,
+                    expected,
+                    restored=restored,
+                    warm_held=held,
+                    pos_min=pos_min,
+                    positions=positions,
+                    prompt=len(prompt),
+                )
+                found = (
+                    quality.NAN_QUALITY if cure.name == HIT else _cure_quality(engine, prompts, ref)
+                )
+                rows.append(
+                    {
+                        **shared,
+                        **cure_columns(cure, shared["size_b"]),
+                        "order": order,
+                        "predecessor": before,
+                        "tokens_expected": expected,
+                        **measured.timing_columns(),
+                        "restored_pos_max": restored,
+                        "cache_pos_min": pos_min,
+                        "cache_cells": math.nan if positions is None else len(positions),
+                        "cache_verified": note == "",
+                        "cache_note": note,
+                        **found.as_columns(),
+                    }
+                )
+                log_row(rows[-1])
+    engine.clear()
+
+
+def _warm(
+    engine: CacheSurgeryEngine,
+    prompt_for: PromptFactory,
+    variant: int,
+    keep: int,
+    warmup_tokens: int,
+) -> tuple[PromptSet, Any, int]:
+    """Warm ``[S, A, B]`` of prompt ``variant`` as the seed does (with ``warmup_tokens``
+    generated) and snapshot it; Q is chosen not to start with the token the model
+    generated first, which a hit would otherwise reuse (A and B stay the same, so the
+    warm cache stays valid). Returns the prompts, the snapshot and the tokens it holds."""
+    prompts = prompt_for(variant, keep, None)
     engine.clear()
     warm = engine.generation(prompts.warmup, warmup_tokens)
     warm.run()
-    warm.result()
-    snapshot = engine.snapshot()
-    held = len(engine.cached)
-    sizes = {
-        "keep_tokens": len(prompts.s.tokens),
-        "size_a": len(prompts.a.tokens),
-        "size_b": len(prompts.b.tokens),
-        "size_q": len(prompts.q.tokens),
-        "position_correction": correction,
+    following = warm.result().tokens[:1]
+    if following and prompts.q.tokens[0] == following[0]:
+        log.info("Q would start with the model's continuation of [S, A, B]; choosing another")
+        prompts = prompt_for(variant, keep, following[0])
+    return prompts, engine.snapshot(), len(engine.cached)
+
+
+def _numerics_row(shared: dict[str, Any], found: quality.Quality, note: str) -> dict[str, Any]:
+    """The ``cached_vs_full`` row: untimed, so without the timing columns."""
+    return {
+        **shared,
+        "cure": CACHED_VS_FULL,
+        "order": 0,
+        "predecessor": "",
+        "recompute_where": "",
+        "cache_verified": note == "",
+        "cache_note": note,
+        **found.as_columns(),
     }
-    rows.append(
-        {
-            "trial": 0,
-            "cure": "noise_floor",
-            "order": 0,
-            **sizes,
-            "cache_verified": True,
-            "cache_note": "",
-            **floor.as_columns(),
-        }
-    )
-    plan = cures(recompute_shares)
-    for trial in range(1, trials + 1):
-        # Rotate the order so that no cure always follows the same one.
-        shift = (trial - 1) % len(plan)
-        for order, cure in enumerate(plan[shift:] + plan[:shift], start=1):
-            restored = engine.restore(snapshot)
-            call, expected = _prepare(engine, cure, prompts)
-            if order == 1:  # once per trial: its cures then run back to back, as requests do
-                time.sleep(settle_s)
-            measured = protocol.timed(call)
-            prompt = prompts.hit if cure.name == "hit" else prompts.miss
-            note = _check(measured, expected, restored, held, engine.pos_max(), len(prompt))
-            found = (
-                quality.NAN_QUALITY if cure.name == "hit" else _cure_quality(engine, prompts, ref)
-            )
-            rows.append(
-                {
-                    "trial": trial,
-                    "cure": cure.name,
-                    "order": order,
-                    **sizes,
-                    "recompute_share": cure.recompute_share,
-                    "recompute_tokens": recompute_tokens(cure.recompute_share, sizes["size_b"]),
-                    "tokens_expected": expected,
-                    **measured.timing_columns(),
-                    "restored_pos_max": restored,
-                    "cache_verified": note == "",
-                    "cache_note": note,
-                    **found.as_columns(),
-                }
-            )
-            log.info(
-                "cure trial %d %-22s ttft=%.1f ms eval=%d kl_mean=%.4g top1=%.3f%s",
-                trial,
-                cure.name,
-                measured.wall_ms,
-                measured.eval_tokens,
-                found.kl_mean,
-                found.top1_agreement,
-                f" UNVERIFIED: {note}" if note else "",
-            )
-    engine.clear()
-    return pd.DataFrame(rows, columns=list(CURE_COLUMNS))

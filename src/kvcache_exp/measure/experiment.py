@@ -19,6 +19,7 @@ from kvcache_exp import provenance
 from kvcache_exp.config.settings import ExperimentSettings, describe
 from kvcache_exp.engines import Capability, Engine, EngineError, open_engine, verification_gap
 from kvcache_exp.measure import cures, server_cures
+from kvcache_exp.measure.cure_plan import PromptFactory
 from kvcache_exp.measure.prompts import PromptSet, build_prompts, read_source_text
 from kvcache_exp.measure.results import (
     INCOMPLETE,
@@ -53,45 +54,65 @@ def next_token(engine: Engine, tokens: list[int]) -> int:
     return token
 
 
-def make_prompts(engine: Engine, settings: ExperimentSettings) -> PromptSet:
-    """Build the prompts with the model's own tokenizer, without BOS.
-
-    A first draft of the prompts tells us which token the model generates after
-    ``[A, B]`` (by its id); Q is then chosen not to start with it, since a hit would
-    otherwise reuse that one generated token and evaluate one token less.
-    """
+def prompt_factory(engine: Engine, settings: ExperimentSettings) -> PromptFactory:
+    """Prompts of this configuration's sizes, built with the model's own tokenizer
+    without BOS: variant t (of ``quality_prompts``) with a kept prefix of S tokens, Q
+    avoiding a given first token. Variant 0 with S = ``keep_tokens`` is the seed's."""
     source = read_source_text(settings.prompt_text_file) if settings.prompt_text_file else None
     sizes = (settings.size_a, settings.size_b, settings.query_tokens)
-    extra = {"source_text": source, "size_s": settings.keep_tokens}
-    draft = build_prompts(engine.tokenize, *sizes, **extra)
+
+    def build(variant: int, keep: int, avoid: int | None) -> PromptSet:
+        return build_prompts(
+            engine.tokenize,
+            *sizes,
+            source_text=source,
+            size_s=keep,
+            avoid_q_first=avoid,
+            variant=variant,
+            variants=settings.quality_prompts,
+        )
+
+    return build
+
+
+def make_prompts(engine: Engine, settings: ExperimentSettings) -> PromptSet:
+    """The seed's prompts (with ``keep_tokens`` of kept prefix S).
+
+    A first draft tells us which token the model generates after ``[S, A, B]`` (by its
+    id); Q is then chosen not to start with it, since a hit would otherwise reuse that
+    one generated token and evaluate one token less.
+    """
+    build = prompt_factory(engine, settings)
+    draft = build(0, settings.keep_tokens, None)
     following = next_token(engine, draft.warmup)
     if draft.q.tokens[0] == following:
         log.info("Q would start with the model's continuation of [A, B]; choosing another Q")
-        return build_prompts(engine.tokenize, *sizes, **extra, avoid_q_first=following)
+        return build(0, settings.keep_tokens, following)
     return draft
 
 
-def measure_cures(
-    engine: Engine,
-    prompts: PromptSet,
-    settings: ExperimentSettings,
-    rows: list[dict[str, Any]],
-) -> None:
+def measure_cures(engine: Engine, settings: ExperimentSettings, rows: list[dict[str, Any]]) -> None:
     """The cures this engine can measure, by the capabilities it declares: llama.cpp's
     cache surgery and full logits (the in-process cures), or llama-server's cache reuse
     (the hit, the miss and the reuse: :mod:`kvcache_exp.measure.server_cures`). An engine
     with neither (an OpenAI-compatible API) measures none: its cures table stays empty,
     with a warning. Rows go into ``rows`` as they are measured."""
+    shared = {
+        "keep_sizes": list(settings.cure_keep_tokens),
+        "trials": settings.quality_prompts,
+        "warmup_tokens": settings.warmup_tokens,
+        "settle_s": settings.settle_ms / 1000.0,
+        "quality_tokens": settings.quality_tokens,
+        "seed": settings.seed,
+        "rows": rows,
+    }
+    build = prompt_factory(engine, settings)
     if Capability.CACHE_SURGERY in engine.capabilities:
         cures.run_cures(
             engine,  # type: ignore[arg-type]  # the capability promises the calls
-            prompts,
-            trials=settings.trials,
-            warmup_tokens=settings.warmup_tokens,
-            settle_s=settings.settle_ms / 1000.0,
+            build,
             recompute_shares=list(settings.recompute_shares),
-            quality_tokens=settings.quality_tokens,
-            rows=rows,
+            **shared,
         )
         return
     if Capability.SERVER_CACHE_REUSE not in engine.capabilities:
@@ -110,14 +131,10 @@ def measure_cures(
         )
     server_cures.run_server_cures(
         engine,  # type: ignore[arg-type]  # the capability promises the calls
-        prompts,
-        trials=settings.trials,
-        warmup_tokens=settings.warmup_tokens,
-        settle_s=settings.settle_ms / 1000.0,
-        quality_tokens=settings.quality_tokens,
+        build,
         cache_reuse=settings.server.cache_reuse,
         correction=engine.position_correction(),
-        rows=rows,
+        **shared,
     )
 
 
@@ -192,7 +209,7 @@ def run_experiment(
         run_trials(engine, prompts, settings, measured)
         if settings.cures:
             log.info("cures started")
-            measure_cures(engine, prompts, settings, measured.cure_rows)
+            measure_cures(engine, settings, measured.cure_rows)
             log.info("cures finished")
     except EngineError as err:
         if not measured.anything:

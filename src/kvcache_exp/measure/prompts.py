@@ -22,6 +22,8 @@ Tokenize = Callable[[str], list[int]]
 
 #: Seeds of the word streams; distinct so that S, A, B and Q never repeat each other.
 _SEED_A, _SEED_B, _SEED_Q, _SEED_S = 1, 2, 3, 4
+#: How far apart the seeds of two prompt variants are (so that no stream repeats another).
+_VARIANT_SEEDS = 100
 #: Words tried to fill the last one or two tokens of a segment.
 _FILLERS = ("the", "and", "a", "of", "to", "in", "it", "was", "on", "at")
 
@@ -163,6 +165,8 @@ def build_prompts(
     source_text: str | None = None,
     avoid_q_first: int | None = None,
     size_s: int = 0,
+    variant: int = 0,
+    variants: int = 1,
 ) -> PromptSet:
     """Build S, A, B and Q of exactly ``size_s``, ``size_a``, ``size_b`` and ``size_q``
     tokens (S, the kept prefix, is empty by default).
@@ -171,10 +175,13 @@ def build_prompts(
     user's text, consumed in order (S, A, B, then Q); otherwise from the project's
     deterministic prose. ``avoid_q_first`` keeps Q from starting with the token the
     model would generate after ``[S, A, B]``, which would let a hit reuse one token of Q.
+    ``variant`` (of ``variants``) picks one of several distinct prompts of the same sizes:
+    other seeds of the prose, or the text file read from the start of its
+    ``variant``-th of ``variants`` parts; variant 0 is the seed's prompt.
     """
     note = ""
     if source_text is not None:
-        stream = textgen.words_from_text(source_text)
+        stream = textgen.words_from_text(source_text, variant, variants)
         streams = (stream, stream, stream, stream)
         parts = "S, A, B and Q" if size_s else "A, B and Q"
         note = (
@@ -182,11 +189,12 @@ def build_prompts(
             "in order from the prompt text file: give a longer text)"
         )
     else:
+        offset = _VARIANT_SEEDS * variant
         streams = (
-            textgen.words(_SEED_S),
-            textgen.words(_SEED_A),
-            textgen.words(_SEED_B),
-            textgen.words(_SEED_Q, question=True),
+            textgen.words(_SEED_S + offset),
+            textgen.words(_SEED_A + offset),
+            textgen.words(_SEED_B + offset),
+            textgen.words(_SEED_Q + offset, question=True),
         )
     s = (
         _build_segment("kept prefix S", size_s, streams[0], tokenize, None, note)

@@ -31,7 +31,8 @@ class Quality:
     """
 
     kl_mean: float
-    kl_p99: float
+    kl_p99: float  # NaN with fewer than P99_MIN_POSITIONS positions (it would be the max)
+    kl_max: float
     top1_agreement: float
     rms_dp: float
     first_divergence: int | float  # NaN: no comparison
@@ -48,7 +49,10 @@ class Quality:
 
 
 #: No comparison (the hit, which has nothing to compare): every figure empty, none made up.
-NAN_QUALITY = Quality(math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+NAN_QUALITY = Quality(*([math.nan] * 7))
+
+#: A 99th percentile needs this many values to be more than the largest one.
+P99_MIN_POSITIONS = 100
 
 
 def kl_divergence(ref_logp: np.ndarray, cure_logp: np.ndarray) -> np.ndarray:
@@ -93,7 +97,8 @@ def compare(
     diverged = np.flatnonzero(differ) if n_continuation else np.array([], dtype=int)
     return Quality(
         kl_mean=float(np.mean(kl)),
-        kl_p99=float(np.percentile(kl, 99)),
+        kl_p99=float(np.percentile(kl, 99)) if kl.size >= P99_MIN_POSITIONS else math.nan,
+        kl_max=float(np.max(kl)),
         top1_agreement=float(np.mean(top1)),
         rms_dp=float(np.sqrt(np.mean(dp**2))),
         first_divergence=int(diverged[0]) if diverged.size else n_continuation,

@@ -8,9 +8,10 @@ N tokens after the common prefix and moves them into place by KV shifting. That 
 server-side form of the shift cure, measured here as ``server_cache_reuse`` beside the two
 ends, ``hit`` and ``miss``, into the same cures CSV (:data:`~kvcache_exp.columns.CURE_COLUMNS`).
 
-Each trial clears the server's cache and warms ``[S, A, B]`` anew (untimed; a slot
-restore from disk would cost as much at these sizes and adds a file format to trust),
-then times one first-token call of the cure:
+They are measured at every kept prefix size S, trial t on prompt t, in a shuffled order
+(:mod:`.cure_plan`). Each cure clears the server's cache and warms ``[S, A, B]`` anew
+(untimed; a slot restore from disk would cost as much at these sizes and adds a file
+format to trust), then times one first-token call:
 
 * ``hit``: ``[S, A, B, Q]``; must reuse |S|+|A|+|B| cached tokens and evaluate |Q|;
 * ``miss``: ``[S, B, Q]`` with ``n_cache_reuse`` 0; must reuse |S| and evaluate |B|+|Q|;
@@ -21,8 +22,8 @@ The counts come from the server (``timings.cache_n``/``prompt_n``); anything els
 written as unverified. Quality is what a server can show: the first position where the
 cure's greedy continuation leaves the reference continuation (a full recompute of
 ``[S, B, Q]`` through the same server, generated after clearing its cache). The
-distribution figures (KL, top-1 agreement, RMS Δp) need every logit and stay NaN. The
-``noise_floor`` row repeats the full recompute and compares it with the reference.
+distribution figures (KL, top-1 agreement, RMS Δp) need every logit and stay empty. The
+miss, the exact answer reached with S cached, is the noise floor of that comparison.
 """
 
 from __future__ import annotations
@@ -32,19 +33,25 @@ import math
 import time
 from typing import Any
 
-import pandas as pd
-
-from kvcache_exp.columns import CURE_COLUMNS
 from kvcache_exp.engines.base import CacheReuseEngine, CallResult
 from kvcache_exp.measure import protocol, quality
 from kvcache_exp.measure.checks import check_server_cure
+from kvcache_exp.measure.cure_plan import (
+    HIT,
+    MISS,
+    Cure,
+    PromptFactory,
+    cure_columns,
+    in_order,
+    log_row,
+    shuffled,
+    sizes,
+)
 from kvcache_exp.measure.prompts import PromptSet
 
 log = logging.getLogger(__name__)
 
 SERVER_CACHE_REUSE = "server_cache_reuse"
-#: The cures measured through a server, in their order in the first trial.
-SERVER_CURES: tuple[str, ...] = ("hit", "miss", SERVER_CACHE_REUSE)
 
 #: Stands for the end-of-generation token in a continuation (its id is the server's).
 _STOP = -1
@@ -72,9 +79,12 @@ def _generate(engine: CacheReuseEngine, prompt: list[int], n_tokens: int, reuse:
 
 
 def _server_quality(reference: list[int], continuation: list[int]) -> quality.Quality:
+    """What a server can show of a cure's quality: where its greedy continuation first
+    leaves the exact answer's (the distributions need every logit)."""
     return quality.Quality(
         kl_mean=math.nan,
         kl_p99=math.nan,
+        kl_max=math.nan,
         top1_agreement=math.nan,
         rms_dp=math.nan,
         first_divergence=first_divergence(reference, continuation),
@@ -84,93 +94,86 @@ def _server_quality(reference: list[int], continuation: list[int]) -> quality.Qu
 
 def run_server_cures(
     engine: CacheReuseEngine,
-    prompts: PromptSet,
+    prompt_for: PromptFactory,
     *,
+    keep_sizes: list[int],
     trials: int,
     warmup_tokens: int,
     settle_s: float,
     quality_tokens: int,
     cache_reuse: int,
     correction: str,
-    rows: list[dict[str, Any]] | None = None,
-) -> pd.DataFrame:
-    """The hit, the miss and llama-server's cache reuse, ``trials`` times each, plus one
-    ``noise_floor`` row (trial 0). Rows are appended to ``rows`` as they are measured, so
-    that a caller keeps them when the server fails half-way."""
-    rows = [] if rows is None else rows
-    s, a, b, q = (len(x.tokens) for x in (prompts.s, prompts.a, prompts.b, prompts.q))
-    sizes = {
-        "keep_tokens": s,
-        "size_a": a,
-        "size_b": b,
-        "size_q": q,
-        "position_correction": correction,
-    }
+    seed: int,
+    rows: list[dict[str, Any]],
+) -> None:
+    """The hit, the miss and llama-server's cache reuse at every kept prefix size,
+    ``trials`` trials each (trial t on prompt t of ``prompt_for``, the cures in a
+    shuffled order). Each cure clears the server's cache and warms ``[S, A, B]`` anew
+    (untimed). Rows go into ``rows`` as they are measured, so that a caller keeps them
+    when the server fails half-way."""
+    cures = [Cure(HIT), Cure(MISS), Cure(SERVER_CACHE_REUSE, 0.0)]
+    for keep in keep_sizes:
+        for trial in range(1, trials + 1):
+            prompts = _prompts(engine, prompt_for, trial - 1, keep, warmup_tokens)
+            s, a, b, q = (len(x.tokens) for x in (prompts.s, prompts.a, prompts.b, prompts.q))
+            engine.clear()
+            reference = _generate(engine, prompts.miss, quality_tokens, 0)
+            shared = {"trial": trial, **sizes(prompts, correction)}
+            design = {
+                HIT: (prompts.hit, 0, q, s + a + b),
+                MISS: (prompts.miss, 0, b + q, s),
+                SERVER_CACHE_REUSE: (prompts.miss, cache_reuse, q, s + b),
+            }
+            for order, cure, before in in_order(shuffled(cures, seed, keep, trial)):
+                prompt, reuse, expected, cached = design[cure.name]
+                cleared = engine.clear()
+                warm = protocol.timed(engine.generation(prompts.warmup, warmup_tokens))
+                time.sleep(settle_s)
+                measured = protocol.timed(engine.first_token(prompt, n_cache_reuse=reuse))
+                note = check_server_cure(
+                    measured, expected, cached, warm, len(prompts.warmup), len(prompt)
+                )
+                if cleared not in (None, -1):
+                    note = "; ".join(filter(None, [f"clearing left position {cleared}", note]))
+                found = (
+                    quality.NAN_QUALITY
+                    if cure.name == HIT
+                    else _server_quality(
+                        reference, _generate(engine, prompt, quality_tokens, reuse)
+                    )
+                )
+                rows.append(
+                    {
+                        **shared,
+                        **cure_columns(cure, b),
+                        "order": order,
+                        "predecessor": before,
+                        "tokens_expected": expected,
+                        **measured.timing_columns(),
+                        "restored_pos_max": (warm.result.cached_tokens or 0) + warm.eval_tokens - 1,
+                        "cache_verified": note == "",
+                        "cache_note": note,
+                        **found.as_columns(),
+                    }
+                )
+                log_row(rows[-1], "server ")
     engine.clear()
-    reference = _generate(engine, prompts.miss, quality_tokens, 0)
+
+
+def _prompts(
+    engine: CacheReuseEngine,
+    prompt_for: PromptFactory,
+    variant: int,
+    keep: int,
+    warmup_tokens: int,
+) -> PromptSet:
+    """Trial ``variant``'s prompts at kept prefix ``keep``, Q chosen not to start with the
+    token the server generates first after ``[S, A, B]`` (untimed)."""
+    prompts = prompt_for(variant, keep, None)
     engine.clear()
-    again = _generate(engine, prompts.miss, quality_tokens, 0)
-    rows.append(
-        {
-            "trial": 0,
-            "cure": "noise_floor",
-            "order": 0,
-            **sizes,
-            "cache_verified": True,
-            "cache_note": "",
-            **_server_quality(reference, again).as_columns(),
-        }
-    )
-    design = {
-        "hit": (prompts.hit, 0, q, s + a + b, math.nan),
-        "miss": (prompts.miss, 0, b + q, s, math.nan),
-        SERVER_CACHE_REUSE: (prompts.miss, cache_reuse, q, s + b, 0.0),
-    }
-    plan = list(SERVER_CURES)
-    for trial in range(1, trials + 1):
-        shift = (trial - 1) % len(plan)
-        for order, cure in enumerate(plan[shift:] + plan[:shift], start=1):
-            prompt, reuse, expected, cached, share = design[cure]
-            cleared = engine.clear()
-            warm = protocol.timed(engine.generation(prompts.warmup, warmup_tokens))
-            time.sleep(settle_s)
-            call = engine.first_token(prompt, n_cache_reuse=reuse)
-            measured = protocol.timed(call)
-            note = check_server_cure(
-                measured, expected, cached, warm, len(prompts.warmup), len(prompt)
-            )
-            if cleared not in (None, -1):
-                note = "; ".join(filter(None, [f"clearing left position {cleared}", note]))
-            found = (
-                quality.NAN_QUALITY
-                if cure == "hit"
-                else _server_quality(reference, _generate(engine, prompt, quality_tokens, reuse))
-            )
-            rows.append(
-                {
-                    "trial": trial,
-                    "cure": cure,
-                    "order": order,
-                    **sizes,
-                    "recompute_share": share,
-                    "recompute_tokens": 0,
-                    "tokens_expected": expected,
-                    **measured.timing_columns(),
-                    "restored_pos_max": (warm.result.cached_tokens or 0) + warm.eval_tokens - 1,
-                    "cache_verified": note == "",
-                    "cache_note": note,
-                    **found.as_columns(),
-                }
-            )
-            log.info(
-                "server cure trial %d %-20s ttft=%.1f ms eval=%d cached=%s first_divergence=%d%s",
-                trial,
-                cure,
-                measured.wall_ms,
-                measured.eval_tokens,
-                measured.result.cached_tokens,
-                found.first_divergence,
-                f" UNVERIFIED: {note}" if note else "",
-            )
-    engine.clear()
-    return pd.DataFrame(rows, columns=list(CURE_COLUMNS))
+    call = engine.generation(prompts.warmup, 1)
+    call.run()
+    following = call.result().tokens[:1]
+    if following and prompts.q.tokens[0] == following[0]:
+        return prompt_for(variant, keep, following[0])
+    return prompts

@@ -125,6 +125,11 @@ def words(seed: int, *, question: bool = False) -> Iterator[str]:
         yield from text.split()
 
 
-def words_from_text(text: str) -> Iterator[str]:
-    """Yield the words of a user-supplied text, once, in order."""
-    yield from text.split()
+def words_from_text(text: str, cut: int = 0, cuts: int = 1) -> Iterator[str]:
+    """Yield the words of a user-supplied text, once, in order: from the start of its
+    ``cut``-th of ``cuts`` equal parts to the end, then from its beginning (so that
+    several distinct prompts can come from one text)."""
+    words = text.split()
+    start = cut * len(words) // max(cuts, 1)
+    yield from words[start:]
+    yield from words[:start]

@@ -113,21 +113,29 @@ def _cures(settings: dict[str, Any]) -> str:
         cures = (
             "<li><strong>shift</strong>: remove A's cells from the KV cache and shift B's "
             "into place (llama.cpp re-rotates their RoPE keys), then evaluate Q alone.</li>"
-            "<li><strong>shift + recompute r</strong>, r = "
+            "<li><strong>shift + recompute r (tail)</strong>, r = "
             f"{html.escape(shares)}: as shift, then recompute the last r of B's tokens "
             "together with Q.</li>"
+            "<li><strong>shift + recompute r (head)</strong>, the same r: as shift, then "
+            "recompute the first r of B's tokens (in llama.cpp's second sequence, from S's "
+            "cells), so that the start of the cache is exact again; the same cost.</li>"
         )
         quality = (
             "KL divergence, top-1 agreement, the RMS change of the reference token's "
-            "probability, and the first position where greedy generation diverges"
+            "probability, and the first position where greedy generation diverges; after "
+            "each call the cache must hold exactly one cell per position of the prompt"
         )
+    keeps = ", ".join(str(k) for k in settings["cure_keep_tokens"])
     return (
-        "<p>Besides the hit and the miss, each trial of the cures restores the same "
-        "warmed cache and times what keeping B's cache instead would cost:</p>"
-        f"<ul>{cures}</ul><p>Each cure's quality is measured against the exact answer (the "
-        f"miss, a full recompute) over Q and {settings['quality_tokens']} tokens of that "
-        f"answer's continuation: {quality}. The noise floor compares two full recomputes."
-        "</p>"
+        f"<p>Besides the hit and the miss, the cures are measured at every kept prefix "
+        f"size S = {html.escape(keeps)} (S = 0: no cell of the cache was computed as a "
+        f"first token, the worst case), on {settings['quality_prompts']} distinct prompts "
+        "each: trial t restores a snapshot of prompt t's warmed cache before each cure "
+        "(in a shuffled order) and times what keeping B's cache instead would cost:</p>"
+        f"<ul>{cures}</ul><p>Each cure's quality is measured against the exact answer (a "
+        f"full recompute) over Q and {settings['quality_tokens']} tokens of that "
+        f"answer's continuation: {quality}. The miss reaches the exact answer through the "
+        "cures' own path: it is the noise floor of the comparison.</p>"
     )
 
 
@@ -148,6 +156,8 @@ PROTOCOL_SETTINGS: tuple[str, ...] = (
     "seed",
     "keep_tokens",
     "cures",
+    "cure_keep_tokens",
+    "quality_prompts",
     "recompute_shares",
     "quality_tokens",
     "require_cache_verified",
