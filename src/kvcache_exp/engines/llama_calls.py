@@ -15,14 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import llama_cpp
 
 from kvcache_exp.engines.base import CallResult, EngineError
-
-if TYPE_CHECKING:
-    from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
 
 
 def counters(ctx: llama_cpp.llama_context_p) -> tuple[int, float, int, float]:
@@ -78,6 +75,20 @@ class Batch:
         b.logits[len(tokens) - 1] = True
 
 
+class _Context(Protocol):
+    """What a call needs of the engine that prepared it: llama.cpp's handles, the batches
+    it filled, and the record of what its cache holds."""
+
+    ctx: Any
+    mem: Any
+    vocab: Any
+    sampler: Any
+    one: Any
+    batches: list[Batch]
+
+    def set_cached(self, tokens: list[int]) -> None: ...
+
+
 #: One step of a call, in order: ("rm", seq, p0, p1) removes the cells of positions
 #: [p0, p1) (p1 = -1: to the end; seq -1 with p0 = p1 = -1: a whole sequence);
 #: ("add", seq, p0, p1, delta) shifts positions [p0, p1) by delta, which llama.cpp applies
@@ -94,7 +105,7 @@ class LlamaCall:
     sample from logits still live from the previous call (the whole prompt was cached).
     """
 
-    engine: LlamaCppPython
+    engine: _Context
     tokens: list[int]
     keep: int
     max_tokens: int
