@@ -128,6 +128,7 @@ def render_protocol(config: dict[str, Any]) -> str:
                 "shift + recompute r (head) , the same r",
                 "kept prefix size S = 0, 4, 32",
                 "on 8 distinct prompts each",
+                "They are measured in 1 configuration (A = 384, B = 384)",
             ],
         ),
         (

@@ -92,9 +92,21 @@ def _conditions(settings: dict[str, Any]) -> str:
     return f"<table><thead>{head}</thead><tbody>{body}</tbody></table>"
 
 
-def _cures(settings: dict[str, Any]) -> str:
+def _where_cures(settings: dict[str, Any], configurations: list[dict[str, Any]]) -> str:
+    """Which configurations measure the cures, in words ('' when all of them do)."""
+    cured = [c for c in configurations if c.get("cures", settings["cures"])]
+    if len(cured) == len(configurations):
+        return ""
+    names = ", ".join(f"A = {c['size_a']}, B = {c['size_b']}" for c in cured)
+    return (
+        f" They are measured in {_plural(len(cured), 'configuration')} ({names}); the others "
+        "set <code>cures: false</code>."
+    )
+
+
+def _cures(settings: dict[str, Any], configurations: list[dict[str, Any]]) -> str:
     """What the cures' part of the run measures, for this engine."""
-    if not settings["cures"]:
+    if not any(c.get("cures", settings["cures"]) for c in configurations):
         return "<p>Not measured in this run (<code>cures: false</code>).</p>"
     engine, api = settings["engine"], (settings.get("server") or {}).get("api")
     if engine != "llama_cpp_python" and api != "llama_server":
@@ -135,7 +147,8 @@ def _cures(settings: dict[str, Any]) -> str:
         f"<ul>{cures}</ul><p>Each cure's quality is measured against the exact answer (a "
         f"full recompute) over Q and {settings['quality_tokens']} tokens of that "
         f"answer's continuation: {quality}. The miss reaches the exact answer through the "
-        "cures' own path: it is the noise floor of the comparison.</p>"
+        "cures' own path: it is the noise floor of the comparison."
+        f"{_where_cures(settings, configurations)}</p>"
     )
 
 
@@ -256,7 +269,7 @@ def protocol_html(settings: dict[str, Any], configurations: list[dict[str, Any]]
         "miss's all of B and Q, and every warm-up the whole prefix after an empty cache. "
         "Each trial's row records the result in <code>cache_verified</code>; unverified "
         f"trials never enter a statistic or a verdict; {verified}</p>"
-        f"<h2>Cures</h2>{_cures(s)}"
+        f"<h2>Cures</h2>{_cures(s, configurations)}"
     )
     return body
 
