@@ -83,7 +83,10 @@ class Reference:
 
 
 def reference(engine: CacheSurgeryEngine, prompts: PromptSet, n_tokens: int) -> Reference:
-    """The exact answer of ``prompts`` (untimed; the cache is left empty)."""
+    """The exact answer of ``prompts`` (untimed; the cache is left empty): ``[S, B, Q]``
+    evaluated from an empty cache and its greedy continuation generated; then, with
+    ``[S, B]`` kept from that very computation, Q and the continuation scored again in
+    one batch, the way every cure is scored."""
     engine.clear()
     call = engine.generation(prompts.miss, n_tokens)
     call.run()
@@ -94,19 +97,10 @@ def reference(engine: CacheSurgeryEngine, prompts: PromptSet, n_tokens: int) -> 
     q = list(prompts.q.tokens)
     context = prompts.miss[: len(prompts.miss) - len(q)]
     scored = q + continuation[:-1]
-    engine.clear()
-    _feed(engine, context)
+    engine.truncate(len(context))
     logp = engine.log_probs(scored)
     engine.clear()
     return Reference(context, scored, continuation, logp, np.array(q[1:] + continuation))
-
-
-def _feed(engine: CacheSurgeryEngine, tokens: list[int]) -> None:
-    """Evaluate ``tokens`` after what is cached, a batch at a time (untimed)."""
-    for start in range(0, len(tokens), engine.n_batch):
-        call = engine.first_token([*engine.cached, *tokens[start : start + engine.n_batch]])
-        call.run()
-        call.result()
 
 
 def _cure_quality(engine: CacheSurgeryEngine, prompts: PromptSet, ref: Reference) -> Any:
