@@ -21,7 +21,8 @@ format to trust), then times one first-token call:
 The counts come from the server (``timings.cache_n``/``prompt_n``); anything else is
 written as unverified. Quality is what a server can show: the first position where the
 cure's greedy continuation leaves the reference continuation (a full recompute of
-``[S, B, Q]`` through the same server, generated after clearing its cache). The
+``[S, B, Q]`` through the same server on the cures' own path: evaluated whole, then
+generated). The
 distribution figures (KL, top-1 agreement, RMS Δp) need every logit and stay empty. The
 miss, the exact answer reached with S cached, is the noise floor of that comparison.
 """
@@ -78,6 +79,18 @@ def _generate(engine: CacheReuseEngine, prompt: list[int], n_tokens: int, reuse:
     return _continuation(call.result())
 
 
+def _reference(engine: CacheReuseEngine, prompt: list[int], n_tokens: int) -> list[int]:
+    """The exact answer's continuation, reached on the cures' own path: the whole prompt
+    evaluated by a first-token call, then the generation, for which the server evaluates
+    the prompt's last token again on its own (it needs its logits). A cure's continuation
+    comes the same way after its timed call; generating straight after clearing would
+    score the last token in a large batch instead, and on CPU llama.cpp's single-token
+    batches are not bit-identical to larger ones, so even the miss would diverge."""
+    engine.clear()
+    engine.first_token(prompt, n_cache_reuse=0).run()
+    return _generate(engine, prompt, n_tokens, 0)
+
+
 def _server_quality(reference: list[int], continuation: list[int]) -> quality.Quality:
     """What a server can show of a cure's quality: where its greedy continuation first
     leaves the exact answer's (the distributions need every logit)."""
@@ -116,8 +129,7 @@ def run_server_cures(
         for trial in range(1, trials + 1):
             prompts = _prompts(engine, prompt_for, trial - 1, keep, warmup_tokens)
             s, a, b, q = (len(x.tokens) for x in (prompts.s, prompts.a, prompts.b, prompts.q))
-            engine.clear()
-            reference = _generate(engine, prompts.miss, quality_tokens, 0)
+            reference = _reference(engine, prompts.miss, quality_tokens)
             shared = {"trial": trial, **sizes(prompts, correction)}
             design = {
                 HIT: (prompts.hit, 0, q, s + a + b),
