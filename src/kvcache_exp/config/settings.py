@@ -440,9 +440,15 @@ def conversation_job(
     return ConversationJob(set=job_set, cache=cache, **values)
 
 
-def check_conversations(config: dict[str, Any]) -> list[str]:
+def check_conversations(
+    config: dict[str, Any],
+    model_context: int | None = None,
+    model_name: str = "the model",
+    context_source: str = "from its GGUF metadata",
+) -> list[str]:
     """Checks of the ``conversations`` block that need several values at once (the
-    schema has checked each value). Reads the configuration only."""
+    schema has checked each value), and the budget against the context the model was
+    trained for, when known. Reads the configuration only."""
     if not (config.get("conversations") or {}).get("enabled", True):
         return []
     replay = ConversationSettings.from_mapping(config.get("conversations"))
@@ -485,6 +491,12 @@ def check_conversations(config: dict[str, Any]) -> list[str]:
             f"conversations.budget_tokens: a prompt of {budget} tokens and a reply of "
             f"{replay.reply_tokens} need {budget + replay.reply_tokens} tokens, more than "
             f"n_ctx={n_ctx}"
+        )
+    if model_context is not None and budget + replay.reply_tokens > model_context:
+        problems.append(
+            f"conversations.budget_tokens: a prompt of {budget} tokens and a reply of "
+            f"{replay.reply_tokens} need {budget + replay.reply_tokens} tokens, more than "
+            f"{model_name} was trained for ({model_context} tokens, {context_source})"
         )
     if replay.replies == "live" and replay.quality_tokens > replay.reply_tokens:
         problems.append(
