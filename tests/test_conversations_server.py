@@ -13,8 +13,8 @@ import pytest
 from workflow_copy import REPO
 
 from kvcache_exp.chat import tripwire
-from kvcache_exp.config.settings import conversation_job
-from kvcache_exp.measure.replay import run_replay
+from kvcache_exp.config.conversations import conversation_job
+from kvcache_exp.measure.replay_job import run_replay
 
 SERVER = REPO / "build" / "llama.cpp" / "bin" / "llama-server"
 

@@ -20,8 +20,9 @@ import pytest
 from kvcache_exp.chat import tripwire
 from kvcache_exp.chat.columns import TURN_COLUMNS
 from kvcache_exp.chat.policies import PolicyError, make_policy
-from kvcache_exp.config.settings import conversation_job
-from kvcache_exp.measure.replay import Replayer, conversations_of, prepare, run_replay
+from kvcache_exp.config.conversations import conversation_job
+from kvcache_exp.measure.replay import Replayer
+from kvcache_exp.measure.replay_job import conversations_of, prepare, run_replay
 
 #: Short turns (about 50 tokens a pair) in a budget of about three of them: the first
 #: drop comes at turn 4, and a second shift of the same cells at turn 5.

@@ -263,8 +263,9 @@ def chat_main(argv: list[str] | None = None) -> int:
     the model is fetched or loaded."""
     from kvcache_exp.chat.source import ConversationError, read_conversations, set_name
     from kvcache_exp.chat.source import shard_names as shards
+    from kvcache_exp.config import conversations
     from kvcache_exp.logs import log_to
-    from kvcache_exp.measure.replay import prepare, run_replay
+    from kvcache_exp.measure.replay_job import prepare, run_replay
 
     args = chat_parser().parse_args(argv)
     log_to(args.log)
@@ -275,10 +276,10 @@ def chat_main(argv: list[str] | None = None) -> int:
                    if getattr(args, k) is not None})  # fmt: skip
     layout = paths.Layout(results=str(args.results_dir))
     try:
-        problems = schema.problems(config) or settings.check_conversations(config)
+        problems = schema.problems(config) or conversations.check_conversations(config)
         if problems:
             raise settings.SettingsError("; ".join(problems))
-        replay = settings.ConversationSettings.from_mapping(config.get("conversations"))
+        replay = conversations.ConversationSettings.from_mapping(config.get("conversations"))
         labels = [args.policy] if args.policy else replay.labels()
         caches = [args.cache] if args.cache else list(replay.cache)
         file = config.get("conversations_file")
@@ -294,7 +295,7 @@ def chat_main(argv: list[str] | None = None) -> int:
         else:
             files.check_gguf(path)
         jobs = [
-            settings.conversation_job(config, job_set, label, cache, os.cpu_count() or 1)
+            conversations.conversation_job(config, job_set, label, cache, os.cpu_count() or 1)
             for job_set in shards(set_name(file), count, replay.shard_size)
             for label in labels
             for cache in caches

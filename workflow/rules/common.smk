@@ -250,8 +250,9 @@ def run_config():
 # FITS_AT_PARSE_MAX are fitted by each job instead, before its model loads.
 
 from kvcache_exp.chat import source as kv_source  # noqa: E402
+from kvcache_exp.config import conversations as kv_conversations  # noqa: E402
 
-CONVERSATIONS = kv_settings.ConversationSettings.from_mapping(
+CONVERSATIONS = kv_conversations.ConversationSettings.from_mapping(
     config.get("conversations")
 )
 FITS_AT_PARSE_MAX = 500
@@ -274,10 +275,10 @@ def _read_conversation_set():
 
 def _fit_problems(conversations):
     """Each policy over every conversation, through the model's template and tokenizer."""
-    from kvcache_exp.measure import replay as kv_replay
+    from kvcache_exp.measure import replay_job as kv_replay
 
     jobs = [
-        kv_settings.conversation_job(config, "parse", label, "prefix", 1)
+        kv_conversations.conversation_job(config, "parse", label, "prefix", 1)
         for label in CONVERSATIONS.labels()
     ]
     try:
@@ -321,7 +322,7 @@ def _check_conversation_config():
     has no chat template: it is then switched off, with a note)."""
     if not CONVERSATIONS.enabled:
         return []
-    problems = kv_settings.check_conversations(
+    problems = kv_conversations.check_conversations(
         config, MODEL_CONTEXT, model_name=model_name(), context_source=MODEL_CONTEXT_SOURCE
     )
     template = config.get("chat_template_file")
@@ -410,7 +411,7 @@ def conversation_settings(wildcards):
         )
     if wildcards.policy not in CONVERSATIONS.labels():
         _fail([f"conversations.policies: no policy labelled {wildcards.policy!r}"])
-    job = kv_settings.conversation_job(
+    job = kv_conversations.conversation_job(
         config, wildcards.set, wildcards.policy, wildcards.cache, n_threads=1
     ).as_dict()
     job["n_threads"] = config.get("n_threads")

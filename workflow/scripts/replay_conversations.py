@@ -5,8 +5,8 @@ from pathlib import Path
 
 from adapter import run_rule
 
-from kvcache_exp.config.settings import ConversationJob
-from kvcache_exp.measure.replay import run_replay
+from kvcache_exp.config.conversations import ConversationJob
+from kvcache_exp.measure.replay_job import run_replay
 
 settings = dict(snakemake.params.settings)
 if settings["n_threads"] is None:

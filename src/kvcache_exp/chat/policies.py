@@ -8,7 +8,7 @@ small class with one job and a few parameters, and keeps what it decided last tu
 (where its window starts), as a front-end does:
 
 * ``none``: never removes anything; a prompt over the budget is an error (checked
-  before any model loads, see :func:`kvcache_exp.measure.replay.check_fits`).
+  before any model loads, see :func:`kvcache_exp.measure.replay_job.check_fits`).
 * ``drop_oldest``: keeps the system message and drops the oldest user/assistant pairs
   until the prompt fits (SillyTavern, LM Studio's rolling window, Ollama's chat
   truncation): once full, it drops one pair nearly every turn.

@@ -148,6 +148,21 @@ def check_call(
     return notes
 
 
+def check_cells(engine: Engine, prompt: int) -> list[str]:
+    """After a shift, the cells themselves: the cache must hold one cell at each position
+    0 .. prompt - 1 (read from llama.cpp's state, untimed), which the highest position
+    alone does not prove (moved cells could overlap the removed ones' positions)."""
+    read = getattr(engine, "cache_positions", None)
+    positions = read() if read is not None else None
+    if positions is None or sorted(positions) == list(range(prompt)):
+        return []
+    return [
+        f"after the shift the cache holds {len(positions)} cells at positions "
+        f"{min(positions, default=-1)}..{max(positions, default=-1)}, not one at each of "
+        f"0..{prompt - 1}"
+    ]
+
+
 def decoded(generation: protocol.CallMeasurement) -> int:
     """Generated tokens a generation evaluated (so the cache holds them): all when the
     model stopped itself, all but the last when the length limit stopped it."""
