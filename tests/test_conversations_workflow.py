@@ -50,6 +50,15 @@ def test_one_job_per_set_policy_and_cache_behaviour(workdir, model_path):
     assert job_counts(out)["plot_conversations"] == 1
 
 
+def test_the_default_cache_behaviours_follow_the_engine(workdir, model_path):
+    """cache: null replays the prefix and the engine's own shift: switching to
+    llama-server stays one setting."""
+    out = dry_run(workdir, {"model": str(model_path), "engine": "llama_server"})
+    assert job_counts(out)["replay_conversations"] == 6
+    assert "results/conversations/builtin/drop_chunk-server_reuse.csv" in out
+    assert "-shift.csv" not in out
+
+
 def test_a_large_file_is_cut_into_shards(workdir, model_path):
     chats(workdir / "many.jsonl", *(chat(i) for i in range(5)))
     out = dry_run(

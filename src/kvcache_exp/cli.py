@@ -281,7 +281,8 @@ def chat_main(argv: list[str] | None = None) -> int:
             raise settings.SettingsError("; ".join(problems))
         replay = conversations.ConversationSettings.from_mapping(config.get("conversations"))
         labels = [args.policy] if args.policy else replay.labels()
-        caches = [args.cache] if args.cache else list(replay.cache)
+        server = settings.ServerSettings.from_mapping(config.get("server"))
+        caches = [args.cache] if args.cache else replay.caches(config["engine"], server)
         file = config.get("conversations_file")
         count = len(read_conversations(file)) if file else replay.builtin["conversations"]
         path, _, entry = catalog.resolve(config)

@@ -256,6 +256,9 @@ CONVERSATIONS = kv_conversations.ConversationSettings.from_mapping(
     config.get("conversations")
 )
 FITS_AT_PARSE_MAX = 500
+CACHES = CONVERSATIONS.caches(
+    config["engine"], kv_settings.ServerSettings.from_mapping(config.get("server"))
+)
 
 
 def _read_conversation_set():
@@ -301,9 +304,17 @@ def _without_chat_template():
     """Why the model cannot render a chat (a base model without a chat template and no
     chat_template_file), or '' when it can or the job will tell (a model not fetched yet).
     """
-    if config.get("chat_template_file") or CONVERSATIONS.render == "server":
+    if CONVERSATIONS.render == "server":
         return ""
-    if config["engine"] != "openai_http" and MODEL_PATH.is_file():
+    if not MODEL_PATH.is_file() and config["engine"] == "openai_http":
+        return (
+            f"the client renders the conversations with the model's GGUF, and `model` "
+            f"names {MODEL_PATH}, which is not on this machine (conversations.render: "
+            "server has llama-server render them)"
+        )
+    if config.get("chat_template_file"):
+        return ""
+    if MODEL_PATH.is_file():
         from kvcache_exp.engines.chat_vocab import ChatVocabulary
 
         vocab = ChatVocabulary(MODEL_PATH)
@@ -311,9 +322,13 @@ def _without_chat_template():
             found = vocab.chat_template()
         finally:
             vocab.close()
-        return "" if found else f"{MODEL_PATH.name} has no chat template"
+        give = "give chat_template_file to replay conversations with it"
+        return "" if found else f"{MODEL_PATH.name} has no chat template ({give})"
     if MODEL_ENTRY is not None and MODEL_ENTRY["source"]["kind"] == "huggingface_gpt2":
-        return f"{model_name()} is a base model converted here, without a chat template"
+        return (
+            f"{model_name()} is a base model converted here, without a chat template "
+            "(give chat_template_file to replay conversations with it)"
+        )
     return ""
 
 
@@ -345,8 +360,7 @@ def _check_conversation_config():
     missing = _without_chat_template()
     if missing:
         print(
-            f"Note: {missing}, so the conversation replay is left out of this run (give "
-            "chat_template_file to replay conversations with it).",
+            f"Note: {missing}; the conversation replay is left out of this run.",
             file=sys.stderr,
         )
         config.setdefault("conversations", {})["enabled"] = False
@@ -375,7 +389,7 @@ def conversation_csvs():
         LAYOUT.conversation_csv(job_set, policy, cache)
         for job_set in conversation_sets()
         for policy in CONVERSATIONS.labels()
-        for cache in CONVERSATIONS.cache
+        for cache in CACHES
     ]
 
 

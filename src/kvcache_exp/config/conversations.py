@@ -41,7 +41,7 @@ class ConversationSettings:
     quality_tokens: int
     budget_tokens: int | None
     policies: list[dict[str, Any]]
-    cache: list[str]
+    cache: list[str] | None
     shift_min_tokens: int
     render: str
     shard_size: int
@@ -57,6 +57,18 @@ class ConversationSettings:
     def labels(self) -> list[str]:
         """The policies' names in file names: each entry's ``label``, else its name."""
         return [str(p.get("label") or p["name"]) for p in self.policies]
+
+    def caches(self, engine: str, server: ServerSettings) -> list[str]:
+        """The cache behaviours replayed: the list given, or (``cache: null``) the prefix
+        and the engine's own shift: ``shift`` in-process, ``server_reuse`` on llama-server,
+        none on another server, so that changing the engine stays one setting."""
+        if self.cache is not None:
+            return list(self.cache)
+        if engine == "llama_cpp_python":
+            return ["prefix", "shift"]
+        if engine == "llama_server" or server.api == "llama_server":
+            return ["prefix", "server_reuse"]
+        return ["prefix"]
 
     def policy(self, label: str) -> dict[str, Any]:
         """The policy entry with this label."""
@@ -216,7 +228,7 @@ def check_conversations(
             f"conversations.quality_tokens={replay.quality_tokens} is more than reply_tokens="
             f"{replay.reply_tokens}: quality is measured over the reply's tokens"
         )
-    for cache in replay.cache:
+    for cache in replay.cache or []:
         engines, instead = CACHE_ENGINES[cache]
         server_api = engine != "openai_http" or server.api == "llama_server"
         if engine not in engines or (cache == "server_reuse" and not server_api):

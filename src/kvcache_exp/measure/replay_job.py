@@ -29,7 +29,13 @@ from kvcache_exp.chat.source import (
     shard,
 )
 from kvcache_exp.config.conversations import ConversationJob
-from kvcache_exp.engines import Capability, Engine, EngineError, open_engine
+from kvcache_exp.engines import (
+    Capability,
+    Engine,
+    EngineError,
+    open_engine,
+    verification_gap,
+)
 from kvcache_exp.engines.chat_vocab import ChatVocabulary
 from kvcache_exp.measure.rendering import ChatRenderer, ServerRenderer, load_template
 from kvcache_exp.measure.replay import Replayer
@@ -187,6 +193,13 @@ def run_replay(
         try:
             engine_info = engine.describe()
             check_engine(engine, job.cache)
+            gap = verification_gap(engine)
+            if gap and job.require_cache_verified:
+                raise EngineError(
+                    f"no turn of this replay could be cache-verified: {gap}. Set "
+                    "require_cache_verified: false to replay anyway (every turn is then "
+                    "written unverified, with the reason, and enters no statistic)"
+                )
             if renderer is None:
                 renderer = server_renderer(engine, conversations, job)
             replayer = Replayer(engine, renderer, make_policy(job.policy, job.budget), job)
