@@ -338,7 +338,10 @@ def _check_conversation_config():
     if not CONVERSATIONS.enabled:
         return []
     problems = kv_conversations.check_conversations(
-        config, MODEL_CONTEXT, model_name=model_name(), context_source=MODEL_CONTEXT_SOURCE
+        config,
+        MODEL_CONTEXT,
+        model_name=model_name(),
+        context_source=MODEL_CONTEXT_SOURCE,
     )
     template = config.get("chat_template_file")
     if template:

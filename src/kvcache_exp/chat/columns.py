@@ -42,7 +42,7 @@ TURN_COLUMNS: tuple[str, ...] = (
     "top1_agreement",
     "rms_dp",
     "first_divergence",
-    "quality_positions",  # positions compared (0: no quality measured this turn)
+    "quality_positions",  # positions compared (empty: no quality measured this turn)
     "render_ms",  # the replay's own work for the turn, outside the timed call: rendering,
     "tokenize_ms",  # tokenizing,
     "compare_ms",  # and comparing prompts and cache (policy, tripwire, shift span)
