@@ -184,15 +184,19 @@ def plot_quality(turns: pd.DataFrame, out_png: str | os.PathLike[str], model_nam
                 label=f"{policy} ({', '.join(dict.fromkeys(rows['cache']))})",
             )
     top.set_ylabel("Top-1 agreement with a full recompute")
-    top.set_ylim(max(-0.02, min(0.9, float(np.nanmin(table["top1_agreement"])) - 0.05)), 1.02)
+    lows = table[["top1_agreement", "top1_agreement_ci_low"]].to_numpy(dtype=float)
+    lowest = float(np.nanmin(lows)) if np.isfinite(lows).any() else 0.9
+    top.set_ylim(max(-0.02, min(0.9, lowest) - 0.03), 1.02)
     bottom.set_ylabel("Mean KL(full ‖ shifted) (nats, symlog)")
     bottom.set_yscale("symlog", linthresh=1e-3)
     bottom.set_xlabel("Shifts the cached cells have been through")
     highest = float(np.nanmax(table["kl_mean_ci_high"].fillna(table["kl_mean"])))
     bottom.set_ylim(0, max(highest * 2, 1e-2) if math.isfinite(highest) else 1.0)
+    shifts = sorted(int(v) for v in table["shifts"].unique())
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xticks(shifts)
+        ax.set_xlim(shifts[0] - 0.5, shifts[-1] + 0.5)
     top.legend(fontsize="small", loc="lower left")
     fig.suptitle(
         f"Quality after successive shifts: {model_name}\n"
