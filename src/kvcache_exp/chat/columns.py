@@ -38,7 +38,8 @@ TURN_COLUMNS: tuple[str, ...] = (
     "tripwire_cached",  # the text after it in the cache
     "tripwire_prompt",  # the text after it in the new prompt
     "kl_mean",  # next-token KL(full recompute || shifted cache) over the reply's first tokens
-    "kl_p99",
+    "kl_p99",  # empty below 100 positions (it would be the largest)
+    "kl_max",
     "top1_agreement",
     "rms_dp",
     "first_divergence",
