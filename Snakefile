@@ -14,6 +14,7 @@ include: "workflow/rules/model.smk"
 include: "workflow/rules/experiment.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/conversations.smk"
 
 
 rule all:
@@ -26,3 +27,4 @@ rule all:
         LAYOUT.plots_all,
         LAYOUT.run_metadata,
         report_pages(),
+        conversation_outputs(),

@@ -168,6 +168,8 @@ def test_command_line_writes_what_the_workflow_writes(tmp_path, model_path):
         "settle_ms": 0,
         "max_tokens": 8,
         "recompute_shares": [0.25],
+        # The conversation replay's files are kvcache-chat's (test_conversations_workflow.py).
+        "conversations": {"enabled": False},
     }
     config_file = tmp_path / "one.yaml"
     config_file.write_text(yaml.safe_dump(config))

@@ -29,7 +29,7 @@ DOCS = sorted(
     ]
 )
 #: Settings the table describes in words rather than by their YAML value.
-IN_WORDS = {"experiments", "models"}
+IN_WORDS = {"experiments", "models", "conversations"}
 #: A newcomer reads the README first; the rest belongs in the pages it links to.
 README_MAX_BYTES = 12 * 1024
 
@@ -76,7 +76,7 @@ def test_the_layout_section_names_paths_that_exist():
 def test_every_figure_the_workflow_writes_is_described():
     from kvcache_exp.paths import DEFAULT
 
-    written = {path.split("/")[-1] for path in DEFAULT.plots_all}
+    written = {path.split("/")[-1] for path in [*DEFAULT.plots_all, *DEFAULT.conversation_plots]}
     assert written
     described = set(re.findall(r"`([\w.]+\.png)`", (REPO / "plots/README.md").read_text()))
     assert written == described

@@ -37,6 +37,7 @@ CATEGORIES = {
     "TTFT",
     "Throughput",
     "Cures",
+    "Conversations",
     "Prompts",
     "Run",
     "Measurements",
@@ -46,6 +47,9 @@ FIGURES = {
     "plots/ttft_vs_tokens_recomputed.png": ("TTFT", "least-squares fit"),
     "plots/throughput.png": ("Throughput", "Decode only"),
     "plots/cures_cost_quality.png": ("Cures", "noise floor"),
+    "plots/conversations_ttft.png": ("Conversations", "Dropping the oldest turn"),
+    "plots/conversations_tokens.png": ("Conversations", "what the cache saved"),
+    "plots/conversations_quality.png": ("Conversations", "how many shifts"),
 }
 
 

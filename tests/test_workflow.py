@@ -355,3 +355,33 @@ def test_editing_the_package_reruns_what_it_affects(run, module, reruns, stays):
     assert not stays & set(after), after
     if "run_experiment" in reruns:
         assert after["run_experiment"] == len(SIZES)
+
+
+def test_conversations_are_replayed_turn_by_turn(run):
+    """The small run's conversation replay: one verified CSV per policy and cache
+    behaviour, the summary and the figures; a base model without a chat template (the
+    tiny GPT-2) leaves the replay out, and says so."""
+    workdir, config, output, _ = run
+    folder = workdir / "results/conversations"
+    if "gpt2" in config["model"]:
+        assert "without a chat template" in output and "left out of this run" in output
+        assert not folder.exists()
+        return
+    replay = config["conversations"]
+    built = replay["builtin"]
+    for policy in replay["policies"]:
+        for cache in ("prefix", "shift"):
+            rows = pd.read_csv(folder / f"builtin/{policy['name']}-{cache}.csv")
+            assert len(rows) == built["conversations"] * built["turns"]
+            assert rows["cache_verified"].all(), rows["cache_note"].tolist()
+            assert (
+                rows["removed"].any() and (rows["prompt_tokens"] <= replay["budget_tokens"]).all()
+            )
+            record = json.loads((folder / f"builtin/{policy['name']}-{cache}.json").read_text())
+            assert record["chat_template"].startswith("the GGUF's tokenizer.chat_template")
+    summary = pd.read_csv(folder / "summary.csv")
+    assert len(summary) == 2 * len(replay["policies"]) and (summary["turns_unverified"] == 0).all()
+    assert (folder / "quality.csv").is_file() and (folder / "summary.md").is_file()
+    assert (workdir / "results/report/conversations.html").stat().st_size > 0
+    for name in ("ttft", "tokens", "quality"):
+        assert (workdir / f"plots/conversations_{name}.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,6 +1,7 @@
 """Plain command lines, without Snakemake, as in the seed::
 
     kvcache-exp --size-a 512 --size-b 256     # one configuration -> the two CSVs
+    kvcache-chat                              # the conversation replay -> one CSV per job
     kvcache-plot                              # summary + figures from results/*.csv
 
 Settings come from ``config.yaml`` (when present) and the flags override them, with the
@@ -168,11 +169,13 @@ def plot_main(argv: list[str] | None = None) -> int:
     log_to(None)
     layout = paths.Layout(str(args.results_dir), str(args.prompts_dir), str(args.plots_dir))
     tags = _tags(layout)
-    if not tags:
-        log.error("no %s files in %s", Path(layout.results_csv("a*_b*")).name, args.results_dir)
-        return 2
     config = {**schema.defaults(), **_load_config(args.config)}
     name = args.model_name or str(config.get("model", "model"))
+    if not tags:
+        if _conversation_outputs(layout, name):
+            return 0
+        log.error("no %s files in %s", Path(layout.results_csv("a*_b*")).name, args.results_dir)
+        return 2
     results = [layout.results_csv(t) for t in tags]
     records = [layout.record_json(t) for t in tags if Path(layout.record_json(t)).is_file()]
     cures = [layout.cures_csv(t) for t in tags if Path(layout.cures_csv(t)).is_file()]
@@ -194,6 +197,7 @@ def plot_main(argv: list[str] | None = None) -> int:
     plot_results(results, layout.main_plot, layout.tokens_plot, layout.throughput_plot, name)
     if cures:
         plot_cures_csvs(cures, layout.cures_plot, name)
+    _conversation_outputs(layout, name)
     for tag in tags:
         if Path(layout.prompts_csv(tag)).is_file():
             label = paths.title(*paths.sizes(tag))
@@ -205,6 +209,112 @@ def plot_main(argv: list[str] | None = None) -> int:
     configurations = settings.expand_experiments(config)
     protocol = {key: config[key] for key in report_protocol.PROTOCOL_SETTINGS}
     report_protocol.protocol_page(protocol, configurations, Path(layout.protocol_page))
+    return 0
+
+
+def _conversation_outputs(layout: paths.Layout, name: str) -> bool:
+    """The replay's summary and figures, when there are replay CSVs (whether there were)."""
+    from kvcache_exp.report.conversations import (
+        plot_conversation_csvs,
+        write_conversations_summary,
+    )
+
+    found = sorted(Path(layout.conversations).glob("*/*.csv"))
+    if not found:
+        return False
+    write_conversations_summary(
+        found,
+        layout.conversations_summary_csv,
+        layout.conversations_quality_csv,
+        layout.conversations_summary_md,
+        layout.conversations_page,
+        name,
+    )
+    plot_conversation_csvs(found, *layout.conversation_plots, name)
+    return True
+
+
+def chat_parser() -> argparse.ArgumentParser:
+    from kvcache_exp.chat.columns import CACHE_BEHAVIOURS
+
+    p = argparse.ArgumentParser(prog="kvcache-chat", description=chat_main.__doc__)
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.yaml"),
+        help="configuration file (default: config.yaml, when present)",
+    )
+    p.add_argument("--model", help="a catalog name or a path to a .gguf file")
+    p.add_argument("--policy", help="one label of conversations.policies (default: each)")
+    p.add_argument("--cache", choices=CACHE_BEHAVIOURS, help="one cache behaviour (default: each)")
+    for key in ("conversations_file", "chat_template_file"):
+        flag = f"--{key.replace('_', '-')}"
+        p.add_argument(flag, dest=key, default=None, help=schema.describe_key(key))
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--log", type=Path, default=None, help="also write the log to this file")
+    return p
+
+
+def chat_main(argv: list[str] | None = None) -> int:
+    """Replay conversations turn by turn, as the workflow's replay jobs do: every policy
+    and cache behaviour of config.yaml's ``conversations`` block (or the ones named), one
+    CSV each under results/conversations/. ``kvcache-plot`` then writes the summary and
+    figures. The conversation file, the template and every setting are checked before
+    the model is fetched or loaded."""
+    from kvcache_exp.chat.source import ConversationError, read_conversations, set_name
+    from kvcache_exp.chat.source import shard_names as shards
+    from kvcache_exp.config import conversations
+    from kvcache_exp.logs import log_to
+    from kvcache_exp.measure.replay_job import prepare, run_replay
+
+    args = chat_parser().parse_args(argv)
+    log_to(args.log)
+    config = {**schema.defaults(), **_load_config(args.config)}
+    if args.model:
+        config["model"] = args.model
+    config.update({k: getattr(args, k) for k in ("conversations_file", "chat_template_file")
+                   if getattr(args, k) is not None})  # fmt: skip
+    layout = paths.Layout(results=str(args.results_dir))
+    try:
+        problems = schema.problems(config) or conversations.check_conversations(config)
+        if problems:
+            raise settings.SettingsError("; ".join(problems))
+        replay = conversations.ConversationSettings.from_mapping(config.get("conversations"))
+        labels = [args.policy] if args.policy else replay.labels()
+        server = settings.ServerSettings.from_mapping(config.get("server"))
+        caches = [args.cache] if args.cache else replay.caches(config["engine"], server)
+        file = config.get("conversations_file")
+        count = len(read_conversations(file)) if file else replay.builtin["conversations"]
+        path, _, entry = catalog.resolve(config)
+        if entry is not None:
+            catalog.ensure_model(
+                entry,
+                path,
+                pip_index_url=config.get("pip_index_url"),
+                hf_base_url=config.get("hf_base_url", "https://huggingface.co"),
+            )
+        else:
+            files.check_gguf(path)
+        jobs = [
+            conversations.conversation_job(config, job_set, label, cache, os.cpu_count() or 1)
+            for job_set in shards(set_name(file), count, replay.shard_size)
+            for label in labels
+            for cache in caches
+        ]
+        for job in jobs:  # every conversation fits every policy, before any weights load
+            _, renderer = prepare(path, job)
+            if renderer is not None:
+                renderer.close()
+        for job in jobs:
+            run_replay(
+                path,
+                job,
+                Path(layout.conversation_csv(job.set, job.label, job.cache)),
+                Path(layout.conversation_record(job.set, job.label, job.cache)),
+            )
+    except (settings.SettingsError, ConversationError, ValueError, OSError, RuntimeError) as exc:
+        log.error("%s", exc)
+        return 2
     return 0
 
 

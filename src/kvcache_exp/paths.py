@@ -21,6 +21,8 @@ _TAG = re.compile(r"a(\d+)_b(\d+)")
 
 #: The tag of a configuration as Snakemake wildcards (the rules' patterns use it).
 TAG_PATTERN = "a{size_a}_b{size_b}"
+#: A replay job's set, policy and cache behaviour as Snakemake wildcards.
+REPLAY_PATTERN = ("{set}", "{policy}", "{cache}")
 
 
 def tag(size_a: int, size_b: int) -> str:
@@ -161,6 +163,68 @@ class Layout:
     def protocol_page(self) -> str:
         """The report's Method page: the protocol, with the run's settings."""
         return f"{self.report}/protocol.html"
+
+    # -- the conversation replay (``job_set`` etc. may be REPLAY_PATTERN's wildcards) ---
+
+    @property
+    def conversations(self) -> str:
+        """The folder of the replay's CSVs, one subfolder per conversation set."""
+        return f"{self.results}/conversations"
+
+    def conversation_csv(self, job_set: str, policy: str, cache: str) -> str:
+        """One replay job's turns: a set (or shard), a policy, a cache behaviour."""
+        return f"{self.conversations}/{job_set}/{policy}-{cache}.csv"
+
+    def conversation_record(self, job_set: str, policy: str, cache: str) -> str:
+        """The replay job's provenance record, beside its CSV."""
+        return f"{self.conversations}/{job_set}/{policy}-{cache}.json"
+
+    @property
+    def conversations_summary_csv(self) -> str:
+        return f"{self.conversations}/summary.csv"
+
+    @property
+    def conversations_quality_csv(self) -> str:
+        return f"{self.conversations}/quality.csv"
+
+    @property
+    def conversations_summary_md(self) -> str:
+        return f"{self.conversations}/summary.md"
+
+    @property
+    def conversations_page(self) -> str:
+        """The report's page of the replay's summary."""
+        return f"{self.report}/conversations.html"
+
+    @property
+    def conversations_ttft_plot(self) -> str:
+        return f"{self.plots}/conversations_ttft.png"
+
+    @property
+    def conversations_tokens_plot(self) -> str:
+        return f"{self.plots}/conversations_tokens.png"
+
+    @property
+    def conversations_quality_plot(self) -> str:
+        return f"{self.plots}/conversations_quality.png"
+
+    @property
+    def conversation_plots(self) -> list[str]:
+        """The replay's figures, in the order plots/README.md lists them."""
+        return [
+            self.conversations_ttft_plot,
+            self.conversations_tokens_plot,
+            self.conversations_quality_plot,
+        ]
+
+    def conversation_summaries(self) -> list[str]:
+        """What the replay's summary writes."""
+        return [
+            self.conversations_summary_csv,
+            self.conversations_quality_csv,
+            self.conversations_summary_md,
+            self.conversations_page,
+        ]
 
 
 #: The workflow's layout.

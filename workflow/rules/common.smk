@@ -238,3 +238,198 @@ def protocol_settings():
 def run_config():
     """The configuration as the run used it (defaults filled in, catalog left out)."""
     return {k: v for k, v in config.items() if k != "models"}
+
+
+# --------------------------------------------------------------------------- conversations
+#
+# The conversation replay (rules in conversations.smk). Parsing reads and checks the
+# conversation file (JSON, roles, order, ids), the chat template file and the settings;
+# when the model's GGUF is already here, every conversation is also rendered and fitted
+# to the budget under each policy (reading the GGUF's tokenizer, not its weights), so
+# that a conversation `none` cannot fit is refused now. Larger files than
+# FITS_AT_PARSE_MAX are fitted by each job instead, before its model loads.
+
+from kvcache_exp.chat import source as kv_source  # noqa: E402
+from kvcache_exp.config import conversations as kv_conversations  # noqa: E402
+
+CONVERSATIONS = kv_conversations.ConversationSettings.from_mapping(
+    config.get("conversations")
+)
+FITS_AT_PARSE_MAX = 500
+CACHES = CONVERSATIONS.caches(
+    config["engine"], kv_settings.ServerSettings.from_mapping(config.get("server"))
+)
+
+
+def _read_conversation_set():
+    """The conversations to replay (read and checked), or the problems found."""
+    file = config.get("conversations_file")
+    if not file:
+        b = CONVERSATIONS.builtin
+        made = kv_source.builtin_conversations(
+            b["conversations"], b["turns"], b["user_words"], b["reply_words"]
+        )
+        return made, []
+    try:
+        return kv_source.read_conversations(file), []
+    except kv_source.ConversationError as exc:
+        return [], [f"conversations_file: {exc}"]
+
+
+def _fit_problems(conversations):
+    """Each policy over every conversation, through the model's template and tokenizer."""
+    from kvcache_exp.measure import replay_job as kv_replay
+
+    jobs = [
+        kv_conversations.conversation_job(config, "parse", label, "prefix", 1)
+        for label in CONVERSATIONS.labels()
+    ]
+    try:
+        renderer = kv_replay.client_renderer(MODEL_PATH, jobs[0])
+    except (ValueError, RuntimeError) as exc:
+        return [f"conversations: {exc}"]
+    problems = []
+    try:
+        for job in jobs:
+            try:
+                kv_replay.check_fits(conversations, job, renderer)
+            except ValueError as exc:
+                problems.append(f"conversations.policies ({job.label}): {exc}")
+    finally:
+        renderer.close()
+    return problems
+
+
+def _without_chat_template():
+    """Why the model cannot render a chat (a base model without a chat template and no
+    chat_template_file), or '' when it can or the job will tell (a model not fetched yet).
+    """
+    if CONVERSATIONS.render == "server":
+        return ""
+    if not MODEL_PATH.is_file() and config["engine"] == "openai_http":
+        return (
+            f"the client renders the conversations with the model's GGUF, and `model` "
+            f"names {MODEL_PATH}, which is not on this machine (conversations.render: "
+            "server has llama-server render them)"
+        )
+    if config.get("chat_template_file"):
+        return ""
+    if MODEL_PATH.is_file():
+        from kvcache_exp.engines.chat_vocab import ChatVocabulary
+
+        vocab = ChatVocabulary(MODEL_PATH)
+        try:
+            found = vocab.chat_template()
+        finally:
+            vocab.close()
+        give = "give chat_template_file to replay conversations with it"
+        return "" if found else f"{MODEL_PATH.name} has no chat template ({give})"
+    if MODEL_ENTRY is not None and MODEL_ENTRY["source"]["kind"] == "huggingface_gpt2":
+        return (
+            f"{model_name()} is a base model converted here, without a chat template "
+            "(give chat_template_file to replay conversations with it)"
+        )
+    return ""
+
+
+def _check_conversation_config():
+    """The conversations to replay, checked; none when the replay is off (or the model
+    has no chat template: it is then switched off, with a note)."""
+    if not CONVERSATIONS.enabled:
+        return []
+    problems = kv_conversations.check_conversations(
+        config,
+        MODEL_CONTEXT,
+        model_name=model_name(),
+        context_source=MODEL_CONTEXT_SOURCE,
+    )
+    template = config.get("chat_template_file")
+    if template:
+        from kvcache_exp.chat import template as kv_template
+
+        try:
+            kv_template.ChatTemplate(
+                kv_template.read_template_file(template),
+                bos_token="",
+                eos_token="",
+                origin=f"chat_template_file {template}",
+            )
+        except kv_template.TemplateError as exc:
+            problems.append(str(exc))
+    conversations, read_problems = _read_conversation_set()
+    problems += read_problems
+    if problems:
+        _fail(problems)
+    missing = _without_chat_template()
+    if missing:
+        print(
+            f"Note: {missing}; the conversation replay is left out of this run.",
+            file=sys.stderr,
+        )
+        config.setdefault("conversations", {})["enabled"] = False
+        return []
+    local = config["engine"] != "openai_http" and MODEL_PATH.is_file()
+    client = CONVERSATIONS.render == "client"
+    if local and client and len(conversations) <= FITS_AT_PARSE_MAX:
+        problems += _fit_problems(conversations)
+    if problems:
+        _fail(problems)
+    return conversations
+
+
+CONVERSATION_SET = _check_conversation_config()
+
+
+def conversation_sets():
+    """The replay's job sets: the set's name, or its shards (name.1, name.2, ...)."""
+    name = kv_source.set_name(config.get("conversations_file"))
+    return kv_source.shard_names(name, len(CONVERSATION_SET), CONVERSATIONS.shard_size)
+
+
+def conversation_csvs():
+    """One CSV per set (or shard), policy and cache behaviour."""
+    return [
+        LAYOUT.conversation_csv(job_set, policy, cache)
+        for job_set in conversation_sets()
+        for policy in CONVERSATIONS.labels()
+        for cache in CACHES
+    ]
+
+
+def conversation_outputs():
+    """What rule all asks of the replay (nothing when conversations.enabled is false)."""
+    if not CONVERSATION_SET:
+        return []
+    return [
+        *conversation_csvs(),
+        *LAYOUT.conversation_summaries(),
+        *LAYOUT.conversation_plots,
+    ]
+
+
+def conversation_inputs(wildcards):
+    """The model (unless an external server holds it), the conversation and template
+    files when given, and the code that replays."""
+    inputs = {"code": code("replay_conversations.py")}
+    if config["engine"] != "openai_http":
+        pinned = MODEL_ENTRY is not None and MODEL_ENTRY.get("sha256")
+        inputs["model"] = ancient(model_path()) if pinned else model_path()
+    for key in ("conversations_file", "chat_template_file"):
+        if config.get(key):
+            inputs[key] = config[key]
+    return inputs
+
+
+def conversation_settings(wildcards):
+    """Every setting of one replay job, as the rule's params: a change reruns it."""
+    if wildcards.set not in conversation_sets():
+        _fail(
+            [f"conversations: no set {wildcards.set!r} (sets: {conversation_sets()})"]
+        )
+    if wildcards.policy not in CONVERSATIONS.labels():
+        _fail([f"conversations.policies: no policy labelled {wildcards.policy!r}"])
+    job = kv_conversations.conversation_job(
+        config, wildcards.set, wildcards.policy, wildcards.cache, n_threads=1
+    ).as_dict()
+    job["n_threads"] = config.get("n_threads")
+    return job

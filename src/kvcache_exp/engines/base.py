@@ -45,6 +45,9 @@ class Capability(enum.Enum):
     SERVER_TOKENIZE = "server_tokenize"
     #: Prompts go to the engine as token ids (without it: as text the server tokenizes).
     TOKEN_PROMPTS = "token_prompts"
+    #: llama-server renders chat messages with its own template (``/apply-template``,
+    #: ``/v1/chat/completions``): the conversation replay's ``render: server``.
+    SERVER_CHAT = "server_chat"
 
 
 class EngineError(RuntimeError):

@@ -222,6 +222,39 @@ class OpenAIDialect:
         )
 
 
+class ChatDialect:
+    """llama-server's ``/v1/chat/completions``: the server renders the messages with its
+    own chat template. Its stream carries text deltas (no token ids) and, in the last
+    chunk, the same ``timings`` as ``/completion``; read as :class:`OpenAIDialect` reads a
+    completion's."""
+
+    path = "/v1/chat/completions"
+
+    def body(
+        self, messages: list[dict[str, str]], max_tokens: int, n_cache_reuse: int = 0
+    ) -> dict[str, Any]:
+        return {
+            "messages": messages,
+            "max_tokens": int(max_tokens),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": 0.0,
+            **llama_server_fields(n_cache_reuse),
+        }
+
+    def result(
+        self, events: list[dict[str, Any]], max_tokens: int, tokenize: Tokenize
+    ) -> CallResult:
+        as_completion = []
+        for event in events:
+            choices = [
+                {"text": (c.get("delta") or {}).get("content") or "", **c}
+                for c in (event.get("choices") or [])[:1]
+            ]
+            as_completion.append({**event, "choices": choices})
+        return OpenAIDialect(None, llama_server=True).result(as_completion, max_tokens, tokenize)
+
+
 def check_api(api: str) -> None:
     """Refuse an unknown ``server.api`` (before any request is sent)."""
     if api not in APIS:

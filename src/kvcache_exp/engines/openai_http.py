@@ -33,7 +33,7 @@ from typing import Any
 
 from kvcache_exp.engines.base import CallResult, Capability, EngineError, offload_report
 from kvcache_exp.engines.cache_clear import cache_clear_request
-from kvcache_exp.engines.dialects import NativeDialect, check_api, dialect, number
+from kvcache_exp.engines.dialects import ChatDialect, NativeDialect, check_api, dialect, number
 from kvcache_exp.engines.http_client import (
     TRANSPORT_ERRORS,
     HTTPClient,
@@ -43,7 +43,12 @@ from kvcache_exp.engines.http_client import (
 )
 from kvcache_exp.engines.managed_server import ManagedServer
 from kvcache_exp.engines.streaming import StreamCall
-from kvcache_exp.engines.tokenizers import NO_ROUTE, ClientTokenizer, open_tokenizer
+from kvcache_exp.engines.tokenizers import (
+    NO_ROUTE,
+    ClientTokenizer,
+    ServerTokenizer,
+    open_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +122,7 @@ class OpenAIHTTP:
                 (Capability.SERVER_CACHE_REUSE, isinstance(self.dialect, NativeDialect)),
                 (Capability.SERVER_TOKENIZE, not isinstance(self.tokenizer, ClientTokenizer)),
                 (Capability.TOKEN_PROMPTS, self.token_prompts),
+                (Capability.SERVER_CHAT, self.is_llama_server),
             )
             if has
         )
@@ -277,6 +283,42 @@ class OpenAIHTTP:
     def generation(self, tokens: list[int], max_tokens: int, n_cache_reuse: int = 0) -> StreamCall:
         """At most ``max_tokens`` greedy tokens after ``tokens``, stopping at EOS."""
         return self._prepare(tokens, max_tokens, n_cache_reuse)
+
+    # -- chat: the server renders (the conversation replay's render: server) ------------
+
+    def apply_template(self, messages: list[dict[str, str]], generation: bool = True) -> str:
+        """The prompt text llama-server renders for chat ``messages`` (its own template,
+        with the generation prompt unless not ``generation``), as its chat completions
+        will."""
+        body = {"messages": messages, "add_generation_prompt": generation}
+        answer = self.client.post_json("/apply-template", body)
+        if not isinstance(answer, dict) or not isinstance(answer.get("prompt"), str):
+            raise self.client.failure("POST /apply-template", answer=Response(200, answer))
+        return answer["prompt"]
+
+    def chat_tokens(self, text: str) -> list[int]:
+        """The tokens llama-server evaluates for a rendered chat prompt: special-token text
+        parsed, BOS added when the model asks for it (as its chat completions do)."""
+        body = {"content": text, "add_special": True, "parse_special": True}
+        return (
+            ServerTokenizer(self.client, self.dialect).parse(
+                self.client.post_json("/tokenize", body)
+            )
+            or []
+        )
+
+    def chat_first_token(
+        self, messages: list[dict[str, str]], n_prompt: int, n_cache_reuse: int = 0
+    ) -> StreamCall:
+        """One streamed chat completion of one token, the server rendering ``messages``
+        (``n_prompt``: its prompt's tokens, for messages)."""
+        chat = ChatDialect()
+        body = chat.body(messages, 1, n_cache_reuse)
+
+        def parse(events: list[dict[str, Any]]) -> CallResult:
+            return chat.result(events, 1, self.tokenize)
+
+        return StreamCall.open(self.client, chat.path, body, n_prompt, 1, parse)
 
     def position_correction(self) -> str:
         """What a KV shift corrects for the served model, from its GGUF when there is
