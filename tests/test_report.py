@@ -128,7 +128,7 @@ def render_protocol(config: dict[str, Any]) -> str:
                 "a generation of at most 50 tokens",
                 "set to fail on any trial that was not verified",
                 "run in-process through llama-cpp-python",
-                "shift + recompute r (tail) , r = 0.1, 0.25, 0.5",
+                "shift + recompute r (tail) , r = 0.1, 0.5",
                 "shift + recompute r (head) , the same r",
                 "kept prefix size S = 0, 4, 32",
                 "on 8 distinct prompts each",

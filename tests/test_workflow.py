@@ -190,7 +190,7 @@ def test_cures_csv(run, a, b):
     workdir, config, _, _ = run
     df = pd.read_csv(workdir / f"results/cures_phase3b_a{a}_b{b}.csv")
     assert list(df.columns) == list(CURE_COLUMNS)
-    shares, keeps, prompts = [0.1, 0.25, 0.5], COMMON["cure_keep_tokens"], COMMON["quality_prompts"]
+    shares, keeps, prompts = [0.1, 0.5], COMMON["cure_keep_tokens"], COMMON["quality_prompts"]
     names = {"hit", "miss", "shift"}
     names |= {f"shift_{where}_{r:g}" for r in shares for where in ("tail", "head")}
     timed = df[df.cure != "cached_vs_full"]
