@@ -112,7 +112,11 @@ def main() -> int:
         f"{seed:.1f} s ({seed / table['trials'].sum():.2f} s per trial, "
         f"{100 * config['settle_ms'] / 1000 * 2 * table['trials'].sum() / seed:.1f}% in the "
         f"designed sleeps), the cures {cures:.1f} s ({cures / seed:.2f} x the seed's part); "
-        f"the whole run takes {total_job / seed:.2f} x the seed's protocol alone"
+        f"the experiment jobs take {total_job / seed:.2f} x the seed's protocol alone"
+    )
+    print(
+        f"The whole workflow (the conversation replay, summaries, figures and report "
+        f"included): {wall:.1f} s, {wall / seed:.2f} x the seed's protocol alone"
     )
     return 0
 

@@ -108,15 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if problems:
             raise settings.SettingsError("; ".join(problems))
-        if entry is not None:
-            catalog.ensure_model(
-                entry,
-                path,
-                pip_index_url=config.get("pip_index_url"),
-                hf_base_url=config.get("hf_base_url", "https://huggingface.co"),
-            )
-        else:
-            files.check_gguf(path)
+        catalog.make_ready(config, path, entry)
         exp = settings.merge(config, experiment, n_threads=os.cpu_count() or 1)
         layout = paths.Layout(results=str(args.results_dir), prompts=str(args.prompts_dir))
         run_experiment(path, exp, layout.configuration(paths.tag(exp.size_a, exp.size_b)))
@@ -286,15 +278,7 @@ def chat_main(argv: list[str] | None = None) -> int:
         file = config.get("conversations_file")
         count = len(read_conversations(file)) if file else replay.builtin["conversations"]
         path, _, entry = catalog.resolve(config)
-        if entry is not None:
-            catalog.ensure_model(
-                entry,
-                path,
-                pip_index_url=config.get("pip_index_url"),
-                hf_base_url=config.get("hf_base_url", "https://huggingface.co"),
-            )
-        else:
-            files.check_gguf(path)
+        catalog.make_ready(config, path, entry)
         jobs = [
             conversations.conversation_job(config, job_set, label, cache, os.cpu_count() or 1)
             for job_set in shards(set_name(file), count, replay.shard_size)

@@ -29,20 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kvcache_exp.prefix import common_prefix
+
 NONE, TRUNCATION, TEMPLATE, TOKENIZATION = "none", "truncation", "template", "tokenization"
 CAUSES: tuple[str, ...] = (NONE, TRUNCATION, TEMPLATE, TOKENIZATION)
 #: Tokens of text shown on each side of a break.
 CONTEXT_TOKENS = 8
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @dataclass(frozen=True)

