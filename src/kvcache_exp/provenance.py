@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from kvcache_exp.models.files import describe_model
 from kvcache_exp.outputs import atomic_open
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -290,3 +291,32 @@ def write_run_metadata(
     data = gather(records, model_name, config)
     write_json(out_json, data)
     return data
+
+
+def job_record(
+    model_path: Path,
+    settings: dict[str, Any],
+    n_threads: int,
+    engine_info: dict[str, Any],
+    started: tuple[str, float],
+    finished: tuple[str, float],
+) -> dict[str, Any]:
+    """What every measuring job records of itself: where (host, SLURM job, machine),
+    when (ISO time and Unix seconds), its settings, the engine's build, the model (with
+    its sha256) and the code version. The experiment and the conversation replay add
+    what names their job."""
+    where = machine()
+    return {
+        "host": where["host"],
+        "slurm_job_id": where["slurm_job_id"],
+        "n_threads": n_threads,
+        "started_at": started[0],
+        "finished_at": finished[0],
+        "start_unix": started[1],
+        "end_unix": finished[1],
+        "settings": settings,
+        "machine": where,
+        "engine": engine_info,
+        "model": describe_model(model_path) if model_path.is_file() else {"path": str(model_path)},
+        "code": code_version(),
+    }

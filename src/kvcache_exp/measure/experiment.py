@@ -29,7 +29,6 @@ from kvcache_exp.measure.results import (
     Outputs,
 )
 from kvcache_exp.measure.trials import run_trials, warn_early_stops
-from kvcache_exp.models.files import describe_model
 from kvcache_exp.paths import ConfigurationFiles
 
 log = logging.getLogger(__name__)
@@ -146,21 +145,11 @@ def job_record(
     finished: tuple[str, float],
 ) -> dict[str, Any]:
     """The provenance of one experiment job: what, where, when, with which code and build."""
-    where = provenance.machine()
     return {
         "configuration": settings.tag,
-        "host": where["host"],
-        "slurm_job_id": where["slurm_job_id"],
-        "n_threads": settings.n_threads,
-        "started_at": started[0],
-        "finished_at": finished[0],
-        "start_unix": started[1],
-        "end_unix": finished[1],
-        "settings": settings.as_dict(),
-        "machine": where,
-        "engine": engine_info,
-        "model": describe_model(model_path) if model_path.is_file() else {"path": str(model_path)},
-        "code": provenance.code_version(),
+        **provenance.job_record(
+            model_path, settings.as_dict(), settings.n_threads, engine_info, started, finished
+        ),
     }
 
 

@@ -40,7 +40,6 @@ from kvcache_exp.engines.chat_vocab import ChatVocabulary
 from kvcache_exp.measure.rendering import ChatRenderer, ServerRenderer, load_template
 from kvcache_exp.measure.replay import Replayer
 from kvcache_exp.measure.replay_cache import check_engine
-from kvcache_exp.models.files import describe_model
 from kvcache_exp.outputs import write_csv
 
 log = logging.getLogger(__name__)
@@ -101,22 +100,12 @@ def job_record(
     template_origin: str,
 ) -> dict[str, Any]:
     """The provenance of one replay job: what, where, when, with which code and build."""
-    where = provenance.machine()
     return {
         "label": f"{job.set}/{job.label}-{job.cache}",
-        "host": where["host"],
-        "slurm_job_id": where["slurm_job_id"],
-        "n_threads": job.n_threads,
-        "started_at": started[0],
-        "finished_at": finished[0],
-        "start_unix": started[1],
-        "end_unix": finished[1],
-        "settings": job.as_dict(),
+        **provenance.job_record(
+            model_path, job.as_dict(), job.n_threads, engine_info, started, finished
+        ),
         "chat_template": template_origin,
-        "machine": where,
-        "engine": engine_info,
-        "model": describe_model(model_path) if model_path.is_file() else {"path": str(model_path)},
-        "code": provenance.code_version(),
     }
 
 
