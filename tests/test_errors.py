@@ -216,14 +216,16 @@ def test_unwritable_location_fails_clearly(tmp_path):
 
 
 def _experiment_config(**extra) -> dict:
-    """A small run: these tests are about the workflow's jobs, not the cures (which an
-    interrupted run would otherwise keep measuring in the orphaned job for minutes)."""
+    """A small run: these tests are about the experiment jobs, not the cures (which an
+    interrupted run would otherwise keep measuring in the orphaned job for minutes) nor
+    the conversation replay (whose six default jobs could run first)."""
     return {
         "model": str(MODEL_FILE),
         "trials": 2,
         "settle_ms": 0,
         "n_threads": 2,
         "cures": False,
+        "conversations": {"enabled": False},
         **extra,
     }
 
