@@ -257,10 +257,14 @@ def test_interrupted_experiment_loses_nothing_finished(tmp_path, model_path, sig
     )
     log = workdir / "logs/experiment/a24_b24.log"
     deadline = time.monotonic() + 120
-    while not (log.exists() and "trial 1 hit" in log.read_text()):
-        assert proc.poll() is None, "snakemake ended before the experiment was interrupted"
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    try:
+        while not (log.exists() and "trial 1 hit" in log.read_text()):
+            assert proc.poll() is None, "snakemake ended before the experiment was interrupted"
+            assert time.monotonic() < deadline, "the experiment did not start its trials"
+            time.sleep(0.2)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)  # leave no orphaned job measuring for minutes
+        raise
     os.killpg(proc.pid, sig)
     proc.wait(timeout=60)
     for name in ("results/results_phase3b_a24_b24.csv", "prompts/prompts_phase3b_a24_b24.csv"):
