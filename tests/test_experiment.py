@@ -352,3 +352,48 @@ def test_the_generation_must_reuse_the_cached_prompt(gen_prompt, verified):
     last token may be evaluated again, or the total would include a prefill."""
     note = checks.check_trial(_trial(-1, None, gen_prompt), 4, 10, 4)
     assert (note == "") == verified, note
+
+
+@pytest.mark.parametrize("expected_ttft", [3, 5])
+def test_a_ttft_call_must_evaluate_exactly_what_the_condition_recomputes(expected_ttft):
+    """The TTFT call of ``_trial`` evaluated 4 tokens. Fewer than the design requires (5: a
+    miss that silently reused part of the cache) is as wrong as more (3: a hit that
+    recomputed), and the note says which."""
+    note = checks.check_trial(_trial(-1, None), expected_ttft, 10, 4)
+    assert note == f"TTFT call evaluated 4 tokens, expected {expected_ttft}"
+    assert checks.check_trial(_trial(-1, None), 4, 10, 4) == ""
+
+
+def test_q_is_redrawn_when_it_starts_with_the_models_continuation(tmp_path):
+    """make_prompts' one job beyond building: when the model would generate Q's first
+    token after ``[A, B]``, a hit could reuse that generated token and evaluate one token
+    less, so Q is drawn again. A tiny GPT-2 whose greedy token is always the first token
+    of the seed's draft Q forces that case (the usual models almost never do)."""
+    from gpt2_tiny import build_vocab, make_tiny_checkpoint, train_merges
+    from llama_tiny import CORPUS
+
+    from kvcache_exp.engines import open_engine
+    from kvcache_exp.models.gpt2 import convert_gpt2_to_gguf
+
+    settings = replace(_settings(), n_ctx=256, cures=False)
+    strings = {i: s for s, i in build_vocab(train_merges(CORPUS, 64)).items()}
+
+    def engine_for(dominant: str | None, name: str):
+        checkpoint = make_tiny_checkpoint(tmp_path / name, n_positions=256, dominant=dominant)
+        return open_engine(convert_gpt2_to_gguf(checkpoint, tmp_path / f"{name}.gguf"), settings)
+
+    first = engine_for(None, "any")
+    try:
+        draft = experiment.prompt_factory(first, settings)(0, settings.keep_tokens, None)
+    finally:
+        first.close()
+    engine = engine_for(strings[draft.q.tokens[0]], "echo")
+    try:
+        following = experiment.next_token(engine, draft.warmup)
+        assert following == draft.q.tokens[0]  # the case this test is about
+        prompts = experiment.make_prompts(engine, settings)
+    finally:
+        engine.close()
+    assert prompts.q.tokens[0] != following
+    assert (prompts.a, prompts.b) == (draft.a, draft.b)
+    assert len(prompts.q.tokens) == settings.query_tokens

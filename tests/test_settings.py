@@ -49,6 +49,15 @@ def test_a_sweep_that_leaves_a_empty_is_rejected():
     ]
 
 
+def test_a_sweep_that_leaves_b_empty_is_rejected():
+    """The B side of the same check: a fixed total given by A, whose last point takes all
+    of it, leaves B empty (nothing between the removed context and the query)."""
+    problems = check_experiments({"experiments": {"sweep": {"total": 64, "size_a": [32, 64]}}})
+    assert problems == [
+        "experiments[1] (size_a=64, size_b=0): size_b must be an integer >= 1, got 0"
+    ]
+
+
 def test_sweep_makes_one_job_per_point(tmp_path, model_path):
     workdir = copy_workflow(tmp_path / "repo")
     sweep = {"size_a": 64, "size_b": {"start": 32, "stop": 160, "step": 32}}
