@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import engine_threads
 from llama_tiny import make_tiny_gpt2_gguf, make_tiny_llama
 
 from kvcache_exp.columns import CURE_COLUMNS
@@ -32,7 +33,7 @@ def _engine(path: Path, cache_type: str = "f32") -> LlamaCppPython:
     settings = EngineSettings(
         n_ctx=1024,
         n_batch=512,
-        n_threads=2,
+        n_threads=engine_threads(2),
         n_gpu_layers=0,
         seed=1,
         cache_type_k=cache_type,

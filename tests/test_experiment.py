@@ -397,3 +397,52 @@ def test_q_is_redrawn_when_it_starts_with_the_models_continuation(tmp_path):
     assert prompts.q.tokens[0] != following
     assert (prompts.a, prompts.b) == (draft.a, draft.b)
     assert len(prompts.q.tokens) == settings.query_tokens
+
+
+def _server_calls(
+    warm_cached: int = 0, warm_eval: int = 15, cached: int = 36, evaluated: int = 4, held=40
+) -> dict:
+    """A server cure trial whose counts match the design: a warm-up of 10 prompt tokens
+    (6 generated, so 15 evaluated) that found nothing cached, then a call on a 40-token
+    prompt that reused 36 and evaluated 4, sampling one token; the server then holds 40."""
+    warm = CallResult([1] * 6, "length", 10, 5.0, warm_eval - 10, 5.0, cached_tokens=warm_cached)
+    extra = {} if held is None else {"tokens_cached": held}
+    call = CallResult([1], "length", evaluated, 1.0, 0, 0.0, cached_tokens=cached, extra=extra)
+    return {
+        "measured": protocol.CallMeasurement(10.0, call),
+        "expected_eval": 4,
+        "expected_cached": 36,
+        "warm": protocol.CallMeasurement(10.0, warm),
+        "warm_prompt": 10,
+        "prompt": 40,
+    }
+
+
+@pytest.mark.parametrize(
+    ("changed", "note"),
+    [
+        ({}, ""),
+        ({"held": None}, ""),  # a server that does not say what it holds
+        ({"warm_cached": 3}, "the warm-up found 3 tokens cached after clearing"),
+        ({"warm_eval": 14}, "the warm-up evaluated 14 tokens, expected 15"),
+        ({"evaluated": 5}, "the call evaluated 5 tokens, expected 4"),
+        ({"evaluated": 3}, "the call evaluated 3 tokens, expected 4"),
+        ({"cached": 35}, "the server reused 35 cached tokens, expected 36"),
+        ({"cached": 37}, "the server reused 37 cached tokens, expected 36"),
+        ({"held": 41}, "the server holds 41 tokens after the call, expected 40"),
+    ],
+)
+def test_a_server_cure_is_checked_by_the_servers_own_counts(changed, note):
+    assert checks.check_server_cure(**_server_calls(**changed)) == note
+
+
+def test_a_server_cure_that_sampled_more_than_one_token_is_caught():
+    calls = _server_calls()
+    two = replace(calls["measured"].result, tokens=[1, 2])
+    calls["measured"] = protocol.CallMeasurement(10.0, two)
+    assert checks.check_server_cure(**calls) == "the call sampled 2 tokens, expected 1"
+    both = _server_calls(warm_cached=1, cached=0)
+    assert checks.check_server_cure(**both) == (
+        "the warm-up found 1 tokens cached after clearing; "
+        "the server reused 0 cached tokens, expected 36"
+    )

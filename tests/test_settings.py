@@ -133,3 +133,64 @@ def test_a_wheel_of_the_package_ships_the_schema(tmp_path):
         shipped = zf.read("kvcache_exp/config/config.schema.yaml")
         assert any(name.endswith("licenses/LICENSE") for name in zf.namelist())
     assert shipped == (REPO / "workflow/schemas/config.schema.yaml").read_bytes()
+
+
+SCHEMA_CASES = {
+    "negative size": (
+        {"experiments": [{"size_a": -5, "size_b": 10}]},
+        "experiments[0] (size_a=-5, size_b=10).size_a: -5 is less than the minimum of 1",
+    ),
+    "non-integer size": (
+        {"experiments": [{"size_a": 3.5, "size_b": 10}]},
+        "experiments[0] (size_a=3.5, size_b=10).size_a: 3.5 is not of type 'integer'",
+    ),
+    "per-experiment trials below 1": (
+        {"experiments": [{"size_a": 8, "size_b": 8, "trials": 0}]},
+        "experiments[0] (size_a=8, size_b=8).trials: 0 is less than the minimum of 1",
+    ),
+    "a sweep's bad step": (
+        {"experiments": {"sweep": {"size_a": 8, "size_b": {"start": 8, "stop": 16, "step": 0}}}},
+        "experiments.sweep.size_b.step: 0 is less than the minimum of 1",
+    ),
+    "trials below 1": ({"trials": 0}, "trials: 0 is less than the minimum of 1"),
+    "a server setting": (
+        {"server": {"cache_reuse": "big"}},
+        "server.cache_reuse: 'big' is not of type 'integer'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEMA_CASES))
+def test_schema_problems_name_the_key_and_the_experiment(case):
+    """The messages the workflow prints for an invalid config.yaml (test_errors.py checks
+    them through Snakemake), from the schema check itself: the key, the experiment with
+    its sizes, and what is wrong."""
+    from kvcache_exp.config import schema
+
+    values, message = SCHEMA_CASES[case]
+    assert schema.problems(values) == [message]
+    assert schema.problems({"experiments": [{"size_a": 8, "size_b": 4}], "trials": 3}) == []
+
+
+def test_an_unknown_key_gets_a_suggestion_and_the_known_keys():
+    from kvcache_exp.config import schema
+
+    (problem,) = schema.problems({"trails": 5})
+    known = ", ".join(schema.load_schema()["properties"])
+    assert problem == f"config: unknown key 'trails'; did you mean 'trials'? (known: {known})"
+    (far,) = schema.problems({"server": {"zzz": 1}})
+    assert far.startswith("server: unknown key 'zzz' (known: base_url, ")
+
+
+def test_a_prompt_longer_than_n_ctx_or_the_models_context_is_rejected():
+    config = {"experiments": [{"size_a": 1500, "size_b": 500}], "cures": False}
+    assert check_experiments(config) == [
+        "experiments[0] (size_a=1500, size_b=500): the hit prompt (A+B+Q = 1500+500+16) plus "
+        "max_tokens=50 needs 2066 tokens, more than n_ctx=2048"
+    ]
+    wide = {**config, "n_ctx": 4096}
+    assert check_experiments(wide, model_context=2048, model_name="tiny") == [
+        "experiments[0] (size_a=1500, size_b=500): needs 2066 tokens of context, more than "
+        "tiny was trained for (2048 tokens, from its GGUF metadata)"
+    ]
+    assert check_experiments(wide, model_context=2066) == []
