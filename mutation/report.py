@@ -81,7 +81,8 @@ def read_mutants() -> list[Mutant]:
 
 def read_equivalent() -> list[dict[str, str]]:
     """The named equivalent mutants: function, was, now, why."""
-    entries = tomllib.loads(EQUIVALENT.read_text())["equivalent"] if EQUIVALENT.exists() else []
+    text = EQUIVALENT.read_text() if EQUIVALENT.exists() else ""
+    entries = tomllib.loads(text).get("equivalent", [])
     for entry in entries:
         missing = {"function", "was", "now", "why"} - set(entry)
         if missing:

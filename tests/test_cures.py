@@ -244,3 +244,70 @@ def test_quality_without_divergence_counts_every_continuation_position():
     got = quality.compare(logp, logp, np.array([1, 1]), n_continuation=2)
     assert (got.kl_mean, got.top1_agreement, got.rms_dp) == (0.0, 1.0, 0.0)
     assert got.first_divergence == 2
+
+
+def test_the_plan_of_cures_and_the_columns_of_a_row():
+    """What each row of the cures CSV says about its cure, from the plan alone."""
+    from kvcache_exp.measure import cure_plan as cp
+    from kvcache_exp.measure.prompts import EMPTY, PromptSet, Segment
+
+    found = cp.plan([0.0, 0.25, 0.5])
+    assert [(c.name, c.share, c.where) for c in found[2:]] == [
+        ("shift", 0.0, ""),
+        ("shift_tail_0.25", 0.25, "tail"),
+        ("shift_tail_0.5", 0.5, "tail"),
+        ("shift_head_0.25", 0.25, "head"),
+        ("shift_head_0.5", 0.5, "head"),
+    ]
+    hit, miss = found[:2]
+    assert (hit.name, miss.name) == ("hit", "miss") and not hit.is_shift and found[2].is_shift
+    assert [c.recompute_tokens(10) for c in found] == [0, 0, 0, 2, 5, 2, 5]
+    assert cp.cure_columns(found[3], 10) == {
+        "cure": "shift_tail_0.25",
+        "recompute_share": 0.25,
+        "recompute_where": "tail",
+        "recompute_tokens": 2,
+    }
+    prompts = PromptSet(
+        a=Segment("a", (1, 2, 3)), b=Segment("b", (4, 5)), q=Segment("q", (6,)), s=EMPTY
+    )
+    assert cp.sizes(prompts, "rope") == {
+        "keep_tokens": 0,
+        "size_a": 3,
+        "size_b": 2,
+        "size_q": 1,
+        "position_correction": "rope",
+    }
+
+
+def test_the_cures_order_is_drawn_from_the_seed_the_prefix_and_the_trial():
+    from kvcache_exp.measure import cure_plan as cp
+
+    cures = [cp.Cure(f"c{i}") for i in range(12)]
+    order = cp.shuffled(cures, 42, 8, 1)
+    expected = np.random.default_rng([42, 8, 1]).permutation(12)
+    assert [c.name for c in order] == [f"c{i}" for i in expected]
+    assert cp.shuffled(cures, 42, 8, 2) != order and cp.shuffled(cures, 42, 0, 1) != order
+    assert list(cp.in_order(order[:2])) == [(1, order[0], ""), (2, order[1], order[0].name)]
+
+
+def test_a_cures_log_line(caplog):
+    import logging
+
+    from kvcache_exp.measure import cure_plan as cp
+
+    assert [cp.figure(v, ".1f") for v in (None, math.nan, math.inf, 2.25)] == [
+        "n/a",
+        "n/a",
+        "n/a",
+        "2.2",
+    ]
+    row = {"keep_tokens": 8, "trial": 2, "cure": "shift", "predecessor": "", "ttft_ms": 5.0}
+    row |= {"prefill_tokens": 3, "decode_tokens": 1}
+    with caplog.at_level(logging.INFO, logger="kvcache_exp.measure.cure_plan"):
+        cp.log_row(row)
+        cp.log_row({**row, "predecessor": "hit", "cache_note": "bad"}, "server ")
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith("cure S=8 trial 2 shift            after -")
+    assert "ttft=5.0 ms eval=4 kl_mean=n/a" in first and "UNVERIFIED" not in first
+    assert second.startswith("server cure S=8") and second.endswith(" UNVERIFIED: bad")

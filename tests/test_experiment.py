@@ -446,3 +446,68 @@ def test_a_server_cure_that_sampled_more_than_one_token_is_caught():
         "the warm-up found 1 tokens cached after clearing; "
         "the server reused 0 cached tokens, expected 36"
     )
+
+
+def _calls(**changes) -> protocol.TrialMeasurement:
+    """``_trial(-1, None)`` with some of its calls' counts changed: ``warm_eval``,
+    ``ttft_sampled``, ``ttft_cached``, ``gen_tokens``, ``gen_eval``, ``cleared``."""
+    warm = CallResult([1] * 6, "length", 10, 5.0, changes.get("warm_eval", 15) - 10, 5.0)
+    ttft = CallResult(
+        [1] * changes.get("ttft_sampled", 1), "length", 4, 1.0, 0, 0.0,
+        cached_tokens=changes.get("ttft_cached"),
+    )  # fmt: skip
+    n_gen = changes.get("gen_tokens", 4)
+    gen = CallResult([1] * n_gen, "length", 0, 1.0, changes.get("gen_eval", n_gen - 1), 3.0)
+    calls = [protocol.CallMeasurement(10.0, r) for r in (warm, ttft, gen)]
+    return protocol.TrialMeasurement(changes.get("cleared", -1), *calls)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected_cached", "note"),
+    [
+        ({}, None, ""),
+        ({"ttft_cached": 9}, None, ""),  # nothing expected: the engine's count is not checked
+        ({"ttft_cached": 10}, 10, ""),
+        ({"ttft_cached": 9}, 10, "TTFT call reused 9 cached tokens, expected 10"),
+        ({"ttft_cached": 11}, 10, "TTFT call reused 11 cached tokens, expected 10"),
+        ({"warm_eval": 14}, None, "warm-up evaluated 14 tokens, expected 15"),
+        ({"ttft_sampled": 2}, None, "TTFT call sampled 2 tokens, expected 1"),
+        ({"gen_tokens": 5}, None, "generation produced 5 tokens, more than max_tokens=4"),
+        (
+            {"gen_eval": 5},
+            None,
+            "generation evaluated 2 of its prompt's tokens again, expected at most 1 (the "
+            "prompt was cached by the TTFT call)",
+        ),
+        (
+            {"cleared": None},
+            None,
+            "nothing shows the cache was empty: the engine reports neither its positions nor "
+            "the warm-up's reused tokens",
+        ),
+        (
+            {"cleared": 3, "ttft_sampled": 0},
+            None,
+            "the cache was not empty after clearing (highest position 3); TTFT call sampled 0 "
+            "tokens, expected 1",
+        ),
+    ],
+)
+def test_each_contradiction_of_a_trial_is_named(changes, expected_cached, note):
+    """Every check of check_trial with its exact note, one contradiction at a time (and
+    two together, joined by '; ')."""
+    found = checks.check_trial(_calls(**changes), 4, 10, 4, expected_cached=expected_cached)
+    assert found == note
+
+
+@pytest.mark.parametrize(
+    ("tokens", "reason", "evaluated"),
+    [(3, "stop", 13), (3, "length", 12), (1, "length", 10), (0, "length", 10), (0, "stop", 10)],
+)
+def test_a_generation_evaluates_its_prompt_and_each_token_before_the_next(
+    tokens, reason, evaluated
+):
+    """EOS (``stop``) was evaluated like every generated token; the last token of a
+    generation cut by max_tokens (``length``) was sampled, never evaluated."""
+    call = protocol.CallMeasurement(1.0, CallResult([7] * tokens, reason, 0, 0.0, 0, 0.0))
+    assert checks.evaluated_by_generation(10, call) == evaluated

@@ -65,3 +65,16 @@ def test_missing_and_unreadable_text_file(tmp_path):
     bad.write_bytes(b"caf\xe9 " * 10)
     with pytest.raises(PromptError, match="cannot be read"):
         read_source_text(bad)
+
+
+def test_a_users_text_is_read_from_the_start_of_its_part():
+    """Prompt variant t of n reads the text from the start of its t-th of n equal parts,
+    then wraps around to the beginning."""
+    from kvcache_exp.measure.text import words_from_text
+
+    words = [f"w{i}" for i in range(8)]
+    text = " ".join(words)
+    assert list(words_from_text(text)) == words
+    assert list(words_from_text(text, 1, 4)) == words[2:] + words[:2]
+    assert list(words_from_text(text, 3, 4)) == words[6:] + words[:6]
+    assert list(words_from_text(text, 1, 0)) == words  # no parts: the one part is all of it

@@ -138,3 +138,18 @@ def test_only_the_engines_work_is_inside_the_timer(monkeypatch):
     assert events == ["clock", "run", "clock", "result"]
     assert measured.wall_ms == pytest.approx(250.0)
     assert measured.result.tokens == [7] and measured.eval_tokens == 3
+
+
+def test_a_calls_timing_columns():
+    """The cures CSV's timing columns of one call: its wall time and how the engine spent
+    it, the rest being overhead."""
+    call = protocol.CallMeasurement(10.0, CallResult([1], "length", 6, 4.0, 2, 1.5))
+    assert call.timing_columns() == {
+        "ttft_ms": 10.0,
+        "prefill_tokens": 6,
+        "prefill_ms": 4.0,
+        "decode_tokens": 2,
+        "decode_ms": 1.5,
+        "overhead_ms": 4.5,
+    }
+    assert (call.eval_tokens, call.completion_tokens, call.finish_reason) == (8, 1, "length")

@@ -194,3 +194,168 @@ def test_a_prompt_longer_than_n_ctx_or_the_models_context_is_rejected():
         "tiny was trained for (2048 tokens, from its GGUF metadata)"
     ]
     assert check_experiments(wide, model_context=2066) == []
+
+
+ENGINE_CASES = {
+    "the default engine": ({}, []),
+    "llama_server with its defaults": ({"engine": "llama_server"}, []),
+    "openai_http without a URL, nor a cache clearing": (
+        {"engine": "openai_http", "server": {"cache_clear": "none"}},
+        [
+            "server.base_url: engine openai_http needs the running server's URL, e.g. "
+            "http://127.0.0.1:8080 (or use engine: llama_server to have the job start one)",
+            "server.cache_clear: none sends no clearing request, so nothing proves a trial "
+            "starts with a cold cache and no trial can be cache-verified; set "
+            "require_cache_verified: false to measure anyway (rows are written unverified)",
+        ],
+    ),
+    "openai_http without a cache clearing, unverified on purpose": (
+        {
+            "engine": "openai_http",
+            "server": {"base_url": "http://h:1", "cache_clear": "none"},
+            "require_cache_verified": False,
+        },
+        [],
+    ),
+    "llama_server given a URL and the OpenAI API": (
+        {"engine": "llama_server", "server": {"base_url": "http://h:1", "api": "openai"}},
+        [
+            "server.base_url: engine llama_server starts its own llama-server on a free "
+            "loopback port; set base_url: null, or engine: openai_http to use the server at "
+            "http://h:1",
+            "server.api: engine llama_server talks to the llama-server it starts through its "
+            "native API; set api: llama_server (api: openai is for engine openai_http)",
+        ],
+    ),
+    "a URL for the in-process engine is not used, and not an error": (
+        {"server": {"base_url": "http://h:1", "api": "openai"}},
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ENGINE_CASES))
+def test_engine_and_server_settings_that_cannot_work_together(case):
+    from kvcache_exp.config.settings import check_engine
+
+    config, expected = ENGINE_CASES[case]
+    assert check_engine(config) == expected
+    assert check_experiments({**config, "experiments": [{"size_a": 8, "size_b": 32}]}) == expected
+
+
+def test_a_cache_reuse_chunk_longer_than_b_is_rejected_for_the_server_cures():
+    config = {"engine": "llama_server", "server": {"cache_reuse": 11}}
+    assert check_experiments({**config, "experiments": [{"size_a": 20, "size_b": 10}]}) == [
+        "experiments[0] (size_a=20, size_b=10): server.cache_reuse=11 is more than B=10: "
+        "llama-server reuses only cached chunks of at least that many tokens, so the "
+        "server_cache_reuse cure could not keep B; lower server.cache_reuse"
+    ]
+    for fine in ({"size_a": 20, "size_b": 11}, {"size_a": 20, "size_b": 10, "cures": False}):
+        assert check_experiments({**config, "experiments": [fine]}) == []
+
+
+def test_every_prompt_and_what_is_generated_after_it_needs_context():
+    """With a kept prefix S and the cures at two kept prefixes, each prompt's need in
+    tokens and in words; the largest one names the problem when n_ctx is too small."""
+    config = {
+        "cures": True,
+        "keep_tokens": 4,
+        "cure_keep_tokens": [0, 8],
+        "warmup_tokens": 20,
+        "quality_tokens": 40,
+        "max_tokens": 5,
+    }
+    settings = merge(config, {"size_a": 20, "size_b": 10}, n_threads=1)
+    assert settings.context_needs() == [
+        (55, "the hit prompt (S+A+B+Q = 4+20+10+16) plus max_tokens=5"),
+        (50, "the cures' hit at S=0 (S+A+B+Q = 0+20+10+16, or warm-up tokens 20 after S+A+B)"),
+        (66, "the cures' exact answer at S=0 (S+B+Q = 0+10+16) plus quality_tokens=40"),
+        (58, "the cures' hit at S=8 (S+A+B+Q = 8+20+10+16, or warm-up tokens 20 after S+A+B)"),
+        (74, "the cures' exact answer at S=8 (S+B+Q = 8+10+16) plus quality_tokens=40"),
+    ]
+    assert settings.longest_context == 74
+    experiments = {"experiments": [{"size_a": 20, "size_b": 10}]}
+    assert check_experiments({**config, **experiments, "n_ctx": 73}) == [
+        "experiments[0] (size_a=20, size_b=10): the cures' exact answer at S=8 (S+B+Q = "
+        "8+10+16) plus quality_tokens=40 needs 74 tokens, more than n_ctx=73"
+    ]
+    assert check_experiments({**config, **experiments, "n_ctx": 74}) == []
+    plain = merge({**config, "cures": False, "keep_tokens": 0}, {"size_a": 20, "size_b": 10}, 1)
+    assert plain.context_needs() == [(51, "the hit prompt (A+B+Q = 20+10+16) plus max_tokens=5")]
+
+
+def test_sizes_must_be_integers_not_booleans_or_text():
+    assert check_experiments({"experiments": [{"size_a": True, "size_b": "8"}]}) == [
+        "experiments[0] (size_a=True, size_b=8): size_a must be an integer >= 1, got True",
+        "experiments[0] (size_a=True, size_b=8): size_b must be an integer >= 1, got '8'",
+    ]
+
+
+def test_a_range_sweep_includes_its_stop_and_a_sweep_needs_its_axes():
+    exps = expand_experiments(
+        {"experiments": {"sweep": {"size_a": 8, "size_b": {"start": 8, "stop": 10, "step": 1}}}}
+    )
+    assert [e["size_b"] for e in exps] == [8, 9, 10]
+    assert check_experiments({"experiments": {"sweep": {"size_b": 8}}}) == [
+        "experiments.sweep: give size_a and size_b, or total and one of them"
+    ]
+
+
+def test_the_settings_as_a_record_and_a_log_line():
+    from kvcache_exp.config.settings import describe
+
+    settings = merge({"trials": 3}, {"size_a": 8, "size_b": 4}, n_threads=2)
+    record = settings.as_dict()
+    assert (record["size_a"], record["size_b"], record["trials"]) == (8, 4, 3)
+    assert record["server"]["api"] == "llama_server"
+    line = describe(settings)
+    assert line.startswith("size_a=8, size_b=4, trials=3, ")
+    assert line.count("=") == len(record)
+
+
+def test_schema_details_unknown_keys_nested_sweeps_and_other_schemas():
+    """The schema check's own rules: problems in the order of their keys; after an
+    unknown key the other problems still follow; a sweep's problems come from the branch
+    the user meant (a mapping), not from the list branch; an item of the wrong type is
+    named by its index; and any schema can be given."""
+    from kvcache_exp.config import schema
+
+    unknown, trials = schema.problems({"trails": 5, "trials": 0})
+    assert unknown.startswith("config: unknown key 'trails'; did you mean 'trials'?")
+    assert trials == "trials: 0 is less than the minimum of 1"
+    assert schema.problems({"warmup_tokens": 0, "trials": 0, "max_tokens": 0}) == [
+        "max_tokens: 0 is less than the minimum of 1",
+        "trials: 0 is less than the minimum of 1",
+        "warmup_tokens: 0 is less than the minimum of 1",
+    ]
+    sweep = {"sweep": {"size_a": "x", "size_b": 8}, "extra": 1}
+    assert schema.problems({"experiments": sweep}) == [
+        "experiments: unknown key 'extra' (known: sweep)",
+        "experiments.sweep.size_a: 'x' is not valid under any of the given schemas",
+    ]
+    assert schema.problems({"experiments": [5]}) == ["experiments[0]: 5 is not of type 'object'"]
+    other = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    assert schema.problems({"x": "a"}, other) == ["x: 'a' is not of type 'integer'"]
+    closed = {"type": "object", "additionalProperties": False}
+    assert schema.problems({"a": 1}, closed) == ["config: unknown key 'a' (known: )"]
+
+
+def test_the_schema_names_what_an_experiment_may_override_and_describes_each_key():
+    from kvcache_exp.config import schema
+
+    assert schema.overridable_keys() == (
+        "trials",
+        "query_tokens",
+        "max_tokens",
+        "warmup_tokens",
+        "settle_ms",
+        "seed",
+        "keep_tokens",
+        "cures",
+    )
+    assert schema.describe_key("trials") == (
+        "Trials per condition (hit and miss); each trial warms the cache anew."
+    )
+    for key in schema.load_schema()["properties"]:
+        text = schema.describe_key(key)
+        assert text and "\n" not in text and "  " not in text, key
