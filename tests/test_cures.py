@@ -10,6 +10,7 @@ shift that does not move B, whatever its counts say, must leave its rows unverif
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -52,6 +53,11 @@ def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
             engine.tokenize, 48, 40, 12, size_s=keep, avoid_q_first=avoid, variant=variant
         )
 
+    lines = _LogLines()
+    logger = logging.getLogger("kvcache_exp.measure.cure_plan")
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
     try:
         cures.run_cures(
             engine,
@@ -67,7 +73,31 @@ def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
         )
     finally:
         engine.close()
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    # Every row has the CSV's columns, under their names (a misspelt key would otherwise
+    # become an empty column), and is logged as it is measured, in order.
+    # The numerics row is untimed and no cure: its timing and cure columns stay empty.
+    untimed = {"ttft_ms", "prefill_tokens", "prefill_ms", "decode_tokens", "decode_ms"}
+    untimed |= {"overhead_ms", "tokens_expected", "recompute_share", "recompute_tokens"}
+    untimed |= {"restored_pos_max", "cache_pos_min", "cache_cells"}
+    for row in rows:
+        empty = untimed if row["cure"] == "cached_vs_full" else set()
+        assert set(row) == set(CURE_COLUMNS) - empty, row["cure"]
+    assert [line.split()[4] for line in lines.messages] == [row["cure"] for row in rows]
     return prompt_for, pd.DataFrame(rows, columns=list(CURE_COLUMNS))
+
+
+class _LogLines(logging.Handler):
+    """The messages of the cures' log lines, kept by the test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("cure S="):
+            self.messages.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +156,10 @@ def test_counts_cells_and_order_follow_the_design(two_layers):
     assert len(set(orders)) > 1
     # one numerics row per trial at the first kept prefix, and it is exact on a CPU
     numerics = df[df.cure == "cached_vs_full"]
-    assert list(numerics["keep_tokens"]) == [0] * TRIALS and numerics["cache_verified"].all()
+    assert list(numerics["keep_tokens"]) == [0] * TRIALS
+    assert list(numerics["cache_verified"]) == [True] * TRIALS
+    assert set(numerics["order"]) == {0} and set(numerics["predecessor"]) == {""}
+    assert set(numerics["recompute_where"]) == {""} and set(numerics["cache_note"]) == {""}
     assert (numerics["kl_mean"] == 0).all()
 
 
