@@ -511,3 +511,62 @@ def test_a_generation_evaluates_its_prompt_and_each_token_before_the_next(
     generation cut by max_tokens (``length``) was sampled, never evaluated."""
     call = protocol.CallMeasurement(1.0, CallResult([7] * tokens, reason, 0, 0.0, 0, 0.0))
     assert checks.evaluated_by_generation(10, call) == evaluated
+
+
+def _cure_call(evaluated: int = 4, sampled: int = 1, **extra) -> protocol.CallMeasurement:
+    return protocol.CallMeasurement(
+        1.0, CallResult([1] * sampled, "length", evaluated, 1.0, 0, 0.0, extra=extra)
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "note"),
+    [
+        ({}, ""),
+        ({"removals_done": True}, ""),
+        ({"restored": 18}, "the restored cache ends at position 18, expected 19"),
+        ({"evaluated": 5}, "the call evaluated 5 tokens, expected 4"),
+        ({"sampled": 2}, "the call sampled 2 tokens, expected 1"),
+        ({"removals_done": False}, "llama.cpp refused a cell removal the cure asked for"),
+        ({"pos_min": 2}, "the cache's lowest position is 2 after the call, expected 0"),
+        ({"positions": None}, "the cache's cells could not be read from llama.cpp's state"),
+        (
+            {"positions": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 12]},
+            "the cache holds 12 cells at positions 0..12, 1 positions held twice, expected "
+            "12 cells at 0..11",
+        ),
+        (
+            {"positions": []},
+            "the cache holds 0 cells at positions none, expected 12 cells at 0..11",
+        ),
+        (
+            {"restored": 0, "sampled": 0},
+            "the restored cache ends at position 0, expected 19; the call sampled 0 tokens, "
+            "expected 1",
+        ),
+    ],
+)
+def test_each_contradiction_of_an_in_process_cure_is_named(changes, note):
+    """check_cure's every check with its exact note: a warm snapshot of 20 tokens, a call
+    that must evaluate 4 and leave the 12-token prompt at positions 0..11, one cell each."""
+    call_args = {
+        k: changes.pop(k) for k in ("evaluated", "sampled", "removals_done") if k in changes
+    }
+    removals = (
+        {"removals_done": call_args.pop("removals_done")} if "removals_done" in call_args else {}
+    )
+    args = {"restored": 19, "warm_held": 20, "pos_min": 0, "positions": list(range(12))}
+    args |= changes
+    found = checks.check_cure(_cure_call(**call_args, **removals), 4, prompt=12, **args)
+    assert found == note
+
+
+def test_the_full_recompute_must_hold_its_tokens_from_position_0():
+    assert checks.check_cached_vs_full(0, list(range(5)), 5) == ""
+    assert checks.check_cached_vs_full(1, [1, 2, 3, 4, 5], 5) == (
+        "its lowest position is 1, expected 0; the cache holds 5 cells at positions 1..5, "
+        "expected 5 cells at 0..4"
+    )
+    assert checks.check_cached_vs_full(0, [0, 1, 2], 5) == (
+        "the cache holds 3 cells at positions 0..2, expected 5 cells at 0..4"
+    )

@@ -359,3 +359,47 @@ def test_the_schema_names_what_an_experiment_may_override_and_describes_each_key
     for key in schema.load_schema()["properties"]:
         text = schema.describe_key(key)
         assert text and "\n" not in text and "  " not in text, key
+
+
+def test_the_experiments_list_empty_duplicated_or_with_bad_sizes():
+    """An empty list, a pair given twice (both would write the same files) and bad sizes
+    are each named, and the checks go on to the next experiment after each."""
+    assert check_experiments({"experiments": []}) == [
+        "experiments: the list is empty; give at least one {size_a, size_b}"
+    ]
+    experiments = [
+        {"size_a": 8, "size_b": 4},
+        {"size_a": 0, "size_b": 4},
+        {"size_a": 8, "size_b": 4},
+        {"size_a": 8, "size_b": 4},
+        {"size_a": 1500, "size_b": 500},
+    ]
+    assert check_experiments({"experiments": experiments, "cures": False}) == [
+        "experiments[1] (size_a=0, size_b=4): size_a must be an integer >= 1, got 0",
+        "experiments[2] (size_a=8, size_b=4): duplicate of experiments[0]; each (size_a, "
+        "size_b) may appear once, since both write the same CSV files",
+        "experiments[3] (size_a=8, size_b=4): duplicate of experiments[0]; each (size_a, "
+        "size_b) may appear once, since both write the same CSV files",
+        "experiments[4] (size_a=1500, size_b=500): the hit prompt (A+B+Q = 1500+500+16) plus "
+        "max_tokens=50 needs 2066 tokens, more than n_ctx=2048",
+    ]
+
+
+def test_the_cache_reuse_check_is_for_llama_servers_cures_only():
+    small_b = {"experiments": [{"size_a": 20, "size_b": 10}], "server": {"cache_reuse": 11}}
+    assert check_experiments(small_b) == []  # the in-process engine: no server reuse
+    openai = {"engine": "openai_http", "server": {"base_url": "http://h:1", "api": "openai"}}
+    assert (
+        check_experiments({**small_b, **openai, "server": {**openai["server"], "cache_reuse": 11}})
+        == []
+    )
+    equal = {"engine": "llama_server", "server": {"cache_reuse": 10}}
+    assert check_experiments({**small_b, **equal}) == []
+
+
+def test_the_models_trained_context_is_named_even_without_a_name():
+    config = {"experiments": [{"size_a": 40, "size_b": 20}], "cures": False}
+    assert check_experiments(config, model_context=64) == [
+        "experiments[0] (size_a=40, size_b=20): needs 126 tokens of context, more than the "
+        "model was trained for (64 tokens, from its GGUF metadata)"
+    ]
