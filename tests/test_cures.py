@@ -344,3 +344,38 @@ def test_a_cures_log_line(caplog):
     assert first.startswith("cure S=8 trial 2 shift            after -")
     assert "ttft=5.0 ms eval=4 kl_mean=n/a" in first and "UNVERIFIED" not in first
     assert second.startswith("server cure S=8") and second.endswith(" UNVERIFIED: bad")
+
+
+def test_quality_at_the_edges_of_its_inputs():
+    """No position, one position, a 99th percentile from 100 positions on (its bound
+    included), no continuation, and inputs that do not match."""
+    rng = np.random.default_rng(3)
+
+    def logp(n: int, vocab: int = 5) -> np.ndarray:
+        x = rng.normal(size=(n, vocab))
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    empty = quality.compare(logp(0), logp(0), np.array([], dtype=int), 0)
+    assert all(math.isnan(v) for v in empty.as_dict().values())
+    ref, cure = logp(1), logp(1)
+    one = quality.compare(ref, cure, np.array([2]), 1)
+    assert one.positions == 1 and one.kl_mean == pytest.approx(quality.kl_divergence(ref, cure)[0])
+    assert math.isnan(one.kl_p99)
+    for n, has_p99 in ((99, False), (100, True), (150, True)):
+        ref, cure = logp(n), logp(n)
+        found = quality.compare(ref, cure, np.zeros(n, dtype=int), 0)
+        kl = quality.kl_divergence(ref, cure)
+        assert found.positions == n
+        if has_p99:
+            assert found.kl_p99 == pytest.approx(float(np.percentile(kl, 99)))
+            assert found.kl_p99 < found.kl_max
+        else:
+            assert math.isnan(found.kl_p99)
+        # no continuation: nothing can diverge, the first divergence is 0 of 0
+        assert found.first_divergence == 0
+    columns = quality.compare(ref, cure, np.zeros(150, dtype=int), 0).as_columns()
+    assert columns["quality_positions"] == 150 and "positions" not in columns
+    with pytest.raises(ValueError, match=r"shapes differ: reference \(3, 5\), cure \(2, 5\), 3 "):
+        quality.compare(logp(3), logp(2), np.zeros(3, dtype=int), 0)
+    with pytest.raises(ValueError, match=r"reference \(3, 5\), cure \(3, 5\), 2 next tokens"):
+        quality.compare(logp(3), logp(3), np.zeros(2, dtype=int), 0)
