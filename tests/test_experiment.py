@@ -375,7 +375,7 @@ def test_q_is_redrawn_when_it_starts_with_the_models_continuation(tmp_path):
     from kvcache_exp.engines import open_engine
     from kvcache_exp.models.gpt2 import convert_gpt2_to_gguf
 
-    settings = replace(_settings(), n_ctx=256, cures=False)
+    settings = replace(_settings(), n_ctx=256, cures=False, keep_tokens=4)
     strings = {i: s for s, i in build_vocab(train_merges(CORPUS, 64)).items()}
 
     def engine_for(dominant: str | None, name: str):
@@ -395,7 +395,8 @@ def test_q_is_redrawn_when_it_starts_with_the_models_continuation(tmp_path):
     finally:
         engine.close()
     assert prompts.q.tokens[0] != following
-    assert (prompts.a, prompts.b) == (draft.a, draft.b)
+    assert (prompts.s, prompts.a, prompts.b) == (draft.s, draft.a, draft.b)
+    assert len(prompts.s.tokens) == 4
     assert len(prompts.q.tokens) == settings.query_tokens
 
 
@@ -570,3 +571,30 @@ def test_the_full_recompute_must_hold_its_tokens_from_position_0():
     assert checks.check_cached_vs_full(0, [0, 1, 2], 5) == (
         "the cache holds 3 cells at positions 0..2, expected 5 cells at 0..4"
     )
+
+
+def test_the_prompts_are_built_as_the_settings_say(engine, tmp_path):
+    """prompt_factory passes every setting on to build_prompts (the sizes, the user's
+    text, the kept prefix, the variant of quality_prompts); make_prompts takes variant 0
+    with keep_tokens of kept prefix."""
+    from kvcache_exp.measure.prompts import read_source_text
+
+    path = tmp_path / "story.txt"
+    path.write_text(" ".join(f"word{i % 11} and some more text here." for i in range(600)))
+    settings = _settings(prompt_text_file=str(path), keep_tokens=4, quality_prompts=3)
+    build = experiment.prompt_factory(engine, settings)
+    expected = build_prompts(
+        engine.tokenize,
+        24,
+        12,
+        settings.query_tokens,
+        source_text=read_source_text(path),
+        size_s=8,
+        variant=1,
+        variants=3,
+    )
+    assert build(1, 8, None) == expected
+    seed = experiment.make_prompts(engine, settings)
+    assert len(seed.s.tokens) == 4
+    assert seed in (build(0, 4, None), build(0, 4, experiment.next_token(engine, seed.warmup)))
+    assert seed != build(1, 4, None)
