@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             key = _key(m.function, m.was, m.now)
             if m.status in CAUGHT:
                 counts["caught"] += 1
+                counts["timeout"] += m.status == "timeout"
             elif m.status == UNRUN:
                 counts["unrun"] += 1
             elif key in equivalent:
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Mutation testing of the core, {datetime.date.today().isoformat()} (mutmut)")
     print()
     header = (
-        f"{'module':28} {'mutants':>7} {'unrun':>5} {'equiv':>5} {'caught':>6} {'left':>5} "
-        f"{'kill rate':>9}"
+        f"{'module':28} {'mutants':>7} {'unrun':>5} {'equiv':>5} {'caught':>6} {'(time':>5} "
+        f"{'out)':<4} {'left':>5} {'kill rate':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_row("all", total))
     print()
     left = len(survivors)
+    print(
+        "caught: the tests failed, or ran past mutmut's CPU limit (timeout: the mutant loops),"
+        " or crashed"
+    )
     if total["unrun"]:
         print(f"{total['unrun']} mutants were not run (an interrupted run): outside the rates")
     print(f"{left} mutants left (survived, no tests, suspicious):")
@@ -160,16 +165,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _rate(counts: Counter[str]) -> float:
     """Caught mutants over the mutants run, less the equivalent ones, in %."""
-    judged = sum(counts.values()) - counts["equivalent"] - counts["unrun"]
+    judged = sum(counts.values()) - counts["timeout"] - counts["equivalent"] - counts["unrun"]
     return 100.0 * counts["caught"] / judged if judged else 100.0
 
 
 def _row(module: str, counts: Counter[str]) -> str:
-    n = sum(counts.values())
+    n = sum(counts.values()) - counts["timeout"]
     left = n - counts["caught"] - counts["equivalent"] - counts["unrun"]
     return (
         f"{module:28} {n:7d} {counts['unrun']:5d} {counts['equivalent']:5d} "
-        f"{counts['caught']:6d} {left:5d} {_rate(counts):8.1f}%"
+        f"{counts['caught']:6d} {counts['timeout']:5d}      {left:5d} {_rate(counts):8.1f}%"
     )
 
 
