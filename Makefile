@@ -17,7 +17,7 @@ BIN := $(VENV)/bin
 FLAGS_ID := $(shell printf '%s' '$(CMAKE_ARGS)' | cksum | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-$(FLAGS_ID)
 
-.PHONY: setup run test lint report browser clean-venv
+.PHONY: setup run test lint report browser clean-venv mutation
 
 setup: $(STAMP)
 
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	  $(BIN)/python -m pip install --no-cache-dir --force-reinstall --no-deps \
 	    "$$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml)"; \
 	fi
-	$(BIN)/python -m pip install -e ".[test]"
+	$(BIN)/python -m pip install -e ".[test,mutation]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -48,6 +48,13 @@ lint: $(STAMP)
 
 report: $(STAMP)
 	$(BIN)/snakemake --report report.html
+
+# Mutation testing of the core modules (CONTRIBUTING.md, "Mutation testing"); not part of
+# `make test`. Starts afresh each time, prints the kill rate per module and the survivors.
+mutation: $(STAMP)
+	rm -rf mutants && mkdir -p mutants models && ln -s ../models mutants/models
+	KVCACHE_TEST_THREADS=1 $(BIN)/mutmut run
+	$(BIN)/python mutation/report.py --min 90
 
 # Headless Chromium for the report test; installed from Debian's packages when we can.
 browser:

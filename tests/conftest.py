@@ -17,6 +17,13 @@ def default_model_entry() -> dict:
     return config["models"][config["model"]]
 
 
+def engine_threads(default: int) -> int:
+    """llama.cpp's threads for the tests' engines: ``KVCACHE_TEST_THREADS`` when set.
+    ``make mutation`` sets 1, as it runs one test process per core: llama.cpp's threads
+    wait by spinning, and two processes of two threads on two cores slow down manyfold."""
+    return int(os.environ.get("KVCACHE_TEST_THREADS") or default)
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     """The embedded default model, fetched into the repository's models/ like `make run` does."""
@@ -32,9 +39,8 @@ def engine(model_path: Path):
     from kvcache_exp.engines.base import EngineSettings
     from kvcache_exp.engines.llama_cpp_python import LlamaCppPython
 
-    settings = EngineSettings(
-        n_ctx=512, n_batch=512, n_threads=os.cpu_count() or 1, n_gpu_layers=0, seed=42
-    )
+    threads = engine_threads(os.cpu_count() or 1)
+    settings = EngineSettings(n_ctx=512, n_batch=512, n_threads=threads, n_gpu_layers=0, seed=42)
     eng = LlamaCppPython(model_path, settings)
     yield eng
     eng.close()

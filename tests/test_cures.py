@@ -10,12 +10,14 @@ shift that does not move B, whatever its counts say, must leave its rows unverif
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import engine_threads
 from llama_tiny import make_tiny_gpt2_gguf, make_tiny_llama
 
 from kvcache_exp.columns import CURE_COLUMNS
@@ -32,7 +34,7 @@ def _engine(path: Path, cache_type: str = "f32") -> LlamaCppPython:
     settings = EngineSettings(
         n_ctx=1024,
         n_batch=512,
-        n_threads=2,
+        n_threads=engine_threads(2),
         n_gpu_layers=0,
         seed=1,
         cache_type_k=cache_type,
@@ -51,6 +53,11 @@ def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
             engine.tokenize, 48, 40, 12, size_s=keep, avoid_q_first=avoid, variant=variant
         )
 
+    lines = _LogLines()
+    logger = logging.getLogger("kvcache_exp.measure.cure_plan")
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
     try:
         cures.run_cures(
             engine,
@@ -66,7 +73,31 @@ def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
         )
     finally:
         engine.close()
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    # Every row has the CSV's columns, under their names (a misspelt key would otherwise
+    # become an empty column), and is logged as it is measured, in order.
+    # The numerics row is untimed and no cure: its timing and cure columns stay empty.
+    untimed = {"ttft_ms", "prefill_tokens", "prefill_ms", "decode_tokens", "decode_ms"}
+    untimed |= {"overhead_ms", "tokens_expected", "recompute_share", "recompute_tokens"}
+    untimed |= {"restored_pos_max", "cache_pos_min", "cache_cells"}
+    for row in rows:
+        empty = untimed if row["cure"] == "cached_vs_full" else set()
+        assert set(row) == set(CURE_COLUMNS) - empty, row["cure"]
+    assert [line.split()[4] for line in lines.messages] == [row["cure"] for row in rows]
     return prompt_for, pd.DataFrame(rows, columns=list(CURE_COLUMNS))
+
+
+class _LogLines(logging.Handler):
+    """The messages of the cures' log lines, kept by the test."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("cure S="):
+            self.messages.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +156,10 @@ def test_counts_cells_and_order_follow_the_design(two_layers):
     assert len(set(orders)) > 1
     # one numerics row per trial at the first kept prefix, and it is exact on a CPU
     numerics = df[df.cure == "cached_vs_full"]
-    assert list(numerics["keep_tokens"]) == [0] * TRIALS and numerics["cache_verified"].all()
+    assert list(numerics["keep_tokens"]) == [0] * TRIALS
+    assert list(numerics["cache_verified"]) == [True] * TRIALS
+    assert set(numerics["order"]) == {0} and set(numerics["predecessor"]) == {""}
+    assert set(numerics["recompute_where"]) == {""} and set(numerics["cache_note"]) == {""}
     assert (numerics["kl_mean"] == 0).all()
 
 
@@ -243,3 +277,105 @@ def test_quality_without_divergence_counts_every_continuation_position():
     got = quality.compare(logp, logp, np.array([1, 1]), n_continuation=2)
     assert (got.kl_mean, got.top1_agreement, got.rms_dp) == (0.0, 1.0, 0.0)
     assert got.first_divergence == 2
+
+
+def test_the_plan_of_cures_and_the_columns_of_a_row():
+    """What each row of the cures CSV says about its cure, from the plan alone."""
+    from kvcache_exp.measure import cure_plan as cp
+    from kvcache_exp.measure.prompts import EMPTY, PromptSet, Segment
+
+    found = cp.plan([0.0, 0.25, 0.5])
+    assert [(c.name, c.share, c.where) for c in found[2:]] == [
+        ("shift", 0.0, ""),
+        ("shift_tail_0.25", 0.25, "tail"),
+        ("shift_tail_0.5", 0.5, "tail"),
+        ("shift_head_0.25", 0.25, "head"),
+        ("shift_head_0.5", 0.5, "head"),
+    ]
+    hit, miss = found[:2]
+    assert (hit.name, miss.name) == ("hit", "miss") and not hit.is_shift and found[2].is_shift
+    assert [c.recompute_tokens(10) for c in found] == [0, 0, 0, 2, 5, 2, 5]
+    assert cp.cure_columns(found[3], 10) == {
+        "cure": "shift_tail_0.25",
+        "recompute_share": 0.25,
+        "recompute_where": "tail",
+        "recompute_tokens": 2,
+    }
+    prompts = PromptSet(
+        a=Segment("a", (1, 2, 3)), b=Segment("b", (4, 5)), q=Segment("q", (6,)), s=EMPTY
+    )
+    assert cp.sizes(prompts, "rope") == {
+        "keep_tokens": 0,
+        "size_a": 3,
+        "size_b": 2,
+        "size_q": 1,
+        "position_correction": "rope",
+    }
+
+
+def test_the_cures_order_is_drawn_from_the_seed_the_prefix_and_the_trial():
+    from kvcache_exp.measure import cure_plan as cp
+
+    cures = [cp.Cure(f"c{i}") for i in range(12)]
+    order = cp.shuffled(cures, 42, 8, 1)
+    expected = np.random.default_rng([42, 8, 1]).permutation(12)
+    assert [c.name for c in order] == [f"c{i}" for i in expected]
+    assert cp.shuffled(cures, 42, 8, 2) != order and cp.shuffled(cures, 42, 0, 1) != order
+    assert list(cp.in_order(order[:2])) == [(1, order[0], ""), (2, order[1], order[0].name)]
+
+
+def test_a_cures_log_line(caplog):
+    import logging
+
+    from kvcache_exp.measure import cure_plan as cp
+
+    assert [cp.figure(v, ".1f") for v in (None, math.nan, math.inf, 2.25)] == [
+        "n/a",
+        "n/a",
+        "n/a",
+        "2.2",
+    ]
+    row = {"keep_tokens": 8, "trial": 2, "cure": "shift", "predecessor": "", "ttft_ms": 5.0}
+    row |= {"prefill_tokens": 3, "decode_tokens": 1}
+    with caplog.at_level(logging.INFO, logger="kvcache_exp.measure.cure_plan"):
+        cp.log_row(row)
+        cp.log_row({**row, "predecessor": "hit", "cache_note": "bad"}, "server ")
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith("cure S=8 trial 2 shift            after -")
+    assert "ttft=5.0 ms eval=4 kl_mean=n/a" in first and "UNVERIFIED" not in first
+    assert second.startswith("server cure S=8") and second.endswith(" UNVERIFIED: bad")
+
+
+def test_quality_at_the_edges_of_its_inputs():
+    """No position, one position, a 99th percentile from 100 positions on (its bound
+    included), no continuation, and inputs that do not match."""
+    rng = np.random.default_rng(3)
+
+    def logp(n: int, vocab: int = 5) -> np.ndarray:
+        x = rng.normal(size=(n, vocab))
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    empty = quality.compare(logp(0), logp(0), np.array([], dtype=int), 0)
+    assert all(math.isnan(v) for v in empty.as_dict().values())
+    ref, cure = logp(1), logp(1)
+    one = quality.compare(ref, cure, np.array([2]), 1)
+    assert one.positions == 1 and one.kl_mean == pytest.approx(quality.kl_divergence(ref, cure)[0])
+    assert math.isnan(one.kl_p99)
+    for n, has_p99 in ((99, False), (100, True), (150, True)):
+        ref, cure = logp(n), logp(n)
+        found = quality.compare(ref, cure, np.zeros(n, dtype=int), 0)
+        kl = quality.kl_divergence(ref, cure)
+        assert found.positions == n
+        if has_p99:
+            assert found.kl_p99 == pytest.approx(float(np.percentile(kl, 99)))
+            assert found.kl_p99 < found.kl_max
+        else:
+            assert math.isnan(found.kl_p99)
+        # no continuation: nothing can diverge, the first divergence is 0 of 0
+        assert found.first_divergence == 0
+    columns = quality.compare(ref, cure, np.zeros(150, dtype=int), 0).as_columns()
+    assert columns["quality_positions"] == 150 and "positions" not in columns
+    with pytest.raises(ValueError, match=r"shapes differ: reference \(3, 5\), cure \(2, 5\), 3 "):
+        quality.compare(logp(3), logp(2), np.zeros(3, dtype=int), 0)
+    with pytest.raises(ValueError, match=r"reference \(3, 5\), cure \(3, 5\), 2 next tokens"):
+        quality.compare(logp(3), logp(3), np.zeros(2, dtype=int), 0)

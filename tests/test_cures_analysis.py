@@ -532,3 +532,48 @@ def test_names_and_labels():
     assert cure_names.cure_label("shift_head_0.5") == "shift + recompute 50% (head)"
     assert cure_names.cure_label("shift", uncorrected=True) == "uncorrected shift"
     assert cure_names.is_known("cached_vs_full") and not cure_names.is_known("noise_floor")
+
+
+def test_every_name_its_share_place_and_label():
+    """Each name the producer writes, read back exactly: its share r of B, where it is
+    recomputed, its place in tables and its label; and the names that are not cures."""
+    expected = {
+        # name: (share, where, rank, label)
+        "hit": (math.nan, "", (0, 0.0), "hit"),
+        "miss": (math.nan, "", (1, 0.0), "miss (full recompute)"),
+        "shift": (0.0, "", (2, 0.0), "shift"),
+        "server_cache_reuse": (0.0, "", (2, 1.0), "server cache reuse (KV shift)"),
+        "shift_tail_1": (1.0, "tail", (3, 1.0), "shift + recompute 100% (tail)"),
+        "shift_head_1e-1": (0.1, "head", (4, 0.1), "shift + recompute 10% (head)"),
+        "cached_vs_full": (math.nan, "", (6, 0.0), "exact prefix hit vs full recompute"),
+    }
+    for name, (share, where, rank, label) in expected.items():
+        got = cure_names.recompute_share(name)
+        assert got == share or (math.isnan(got) and math.isnan(share)), name
+        assert cure_names.recompute_where(name) == where, name
+        assert cure_names.cure_rank(name) == rank, name
+        assert cure_names.cure_label(name) == label, name
+        assert cure_names.is_known(name), name
+    # A share outside (0, 1] or not a number is no cure: it sorts last, keeps its name.
+    for name in ("shift_tail_0", "shift_tail_1.5", "shift_head_-0.5", "shift_tail_1e", "x"):
+        assert not cure_names.is_known(name), name
+        assert math.isnan(cure_names.recompute_share(name)), name
+        assert cure_names.recompute_where(name) == "", name
+        assert cure_names.cure_rank(name) == (5, 0.0), name
+        assert cure_names.cure_label(name, uncorrected=True) == name, name
+    # Only the shift cures can be uncorrected.
+    assert cure_names.cure_label("server_cache_reuse", True) == (
+        "uncorrected server cache reuse (KV shift)"
+    )
+    assert cure_names.cure_label("shift_head_0.25", True) == (
+        "uncorrected shift + recompute 25% (head)"
+    )
+    for name in ("hit", "miss", "cached_vs_full"):
+        assert cure_names.cure_label(name, True) == expected[name][3]
+    assert [cure_names.is_uncorrected(v) for v in ("none", " None (absolute) ", "rope", 0)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert cure_names.config_label(8.0, 64, 32.0) == "64/32, S=8"

@@ -354,3 +354,249 @@ def test_the_generation_must_reuse_the_cached_prompt(gen_prompt, verified):
     last token may be evaluated again, or the total would include a prefill."""
     note = checks.check_trial(_trial(-1, None, gen_prompt), 4, 10, 4)
     assert (note == "") == verified, note
+
+
+@pytest.mark.parametrize("expected_ttft", [3, 5])
+def test_a_ttft_call_must_evaluate_exactly_what_the_condition_recomputes(expected_ttft):
+    """The TTFT call of ``_trial`` evaluated 4 tokens. Fewer than the design requires (5: a
+    miss that silently reused part of the cache) is as wrong as more (3: a hit that
+    recomputed), and the note says which."""
+    note = checks.check_trial(_trial(-1, None), expected_ttft, 10, 4)
+    assert note == f"TTFT call evaluated 4 tokens, expected {expected_ttft}"
+    assert checks.check_trial(_trial(-1, None), 4, 10, 4) == ""
+
+
+def test_q_is_redrawn_when_it_starts_with_the_models_continuation(tmp_path):
+    """make_prompts' one job beyond building: when the model would generate Q's first
+    token after ``[A, B]``, a hit could reuse that generated token and evaluate one token
+    less, so Q is drawn again. A tiny GPT-2 whose greedy token is always the first token
+    of the seed's draft Q forces that case (the usual models almost never do)."""
+    from gpt2_tiny import build_vocab, make_tiny_checkpoint, train_merges
+    from llama_tiny import CORPUS
+
+    from kvcache_exp.engines import open_engine
+    from kvcache_exp.models.gpt2 import convert_gpt2_to_gguf
+
+    settings = replace(_settings(), n_ctx=256, cures=False, keep_tokens=4)
+    strings = {i: s for s, i in build_vocab(train_merges(CORPUS, 64)).items()}
+
+    def engine_for(dominant: str | None, name: str):
+        checkpoint = make_tiny_checkpoint(tmp_path / name, n_positions=256, dominant=dominant)
+        return open_engine(convert_gpt2_to_gguf(checkpoint, tmp_path / f"{name}.gguf"), settings)
+
+    first = engine_for(None, "any")
+    try:
+        draft = experiment.prompt_factory(first, settings)(0, settings.keep_tokens, None)
+    finally:
+        first.close()
+    engine = engine_for(strings[draft.q.tokens[0]], "echo")
+    try:
+        following = experiment.next_token(engine, draft.warmup)
+        assert following == draft.q.tokens[0]  # the case this test is about
+        prompts = experiment.make_prompts(engine, settings)
+    finally:
+        engine.close()
+    assert prompts.q.tokens[0] != following
+    assert (prompts.s, prompts.a, prompts.b) == (draft.s, draft.a, draft.b)
+    assert len(prompts.s.tokens) == 4
+    assert len(prompts.q.tokens) == settings.query_tokens
+
+
+def _server_calls(
+    warm_cached: int = 0, warm_eval: int = 15, cached: int = 36, evaluated: int = 4, held=40
+) -> dict:
+    """A server cure trial whose counts match the design: a warm-up of 10 prompt tokens
+    (6 generated, so 15 evaluated) that found nothing cached, then a call on a 40-token
+    prompt that reused 36 and evaluated 4, sampling one token; the server then holds 40."""
+    warm = CallResult([1] * 6, "length", 10, 5.0, warm_eval - 10, 5.0, cached_tokens=warm_cached)
+    extra = {} if held is None else {"tokens_cached": held}
+    call = CallResult([1], "length", evaluated, 1.0, 0, 0.0, cached_tokens=cached, extra=extra)
+    return {
+        "measured": protocol.CallMeasurement(10.0, call),
+        "expected_eval": 4,
+        "expected_cached": 36,
+        "warm": protocol.CallMeasurement(10.0, warm),
+        "warm_prompt": 10,
+        "prompt": 40,
+    }
+
+
+@pytest.mark.parametrize(
+    ("changed", "note"),
+    [
+        ({}, ""),
+        ({"held": None}, ""),  # a server that does not say what it holds
+        ({"warm_cached": 3}, "the warm-up found 3 tokens cached after clearing"),
+        ({"warm_eval": 14}, "the warm-up evaluated 14 tokens, expected 15"),
+        ({"evaluated": 5}, "the call evaluated 5 tokens, expected 4"),
+        ({"evaluated": 3}, "the call evaluated 3 tokens, expected 4"),
+        ({"cached": 35}, "the server reused 35 cached tokens, expected 36"),
+        ({"cached": 37}, "the server reused 37 cached tokens, expected 36"),
+        ({"held": 41}, "the server holds 41 tokens after the call, expected 40"),
+    ],
+)
+def test_a_server_cure_is_checked_by_the_servers_own_counts(changed, note):
+    assert checks.check_server_cure(**_server_calls(**changed)) == note
+
+
+def test_a_server_cure_that_sampled_more_than_one_token_is_caught():
+    calls = _server_calls()
+    two = replace(calls["measured"].result, tokens=[1, 2])
+    calls["measured"] = protocol.CallMeasurement(10.0, two)
+    assert checks.check_server_cure(**calls) == "the call sampled 2 tokens, expected 1"
+    both = _server_calls(warm_cached=1, cached=0)
+    assert checks.check_server_cure(**both) == (
+        "the warm-up found 1 tokens cached after clearing; "
+        "the server reused 0 cached tokens, expected 36"
+    )
+
+
+def _calls(**changes) -> protocol.TrialMeasurement:
+    """``_trial(-1, None)`` with some of its calls' counts changed: ``warm_eval``,
+    ``ttft_sampled``, ``ttft_cached``, ``gen_tokens``, ``gen_eval``, ``cleared``."""
+    warm = CallResult([1] * 6, "length", 10, 5.0, changes.get("warm_eval", 15) - 10, 5.0)
+    ttft = CallResult(
+        [1] * changes.get("ttft_sampled", 1), "length", 4, 1.0, 0, 0.0,
+        cached_tokens=changes.get("ttft_cached"),
+    )  # fmt: skip
+    n_gen = changes.get("gen_tokens", 4)
+    gen = CallResult([1] * n_gen, "length", 0, 1.0, changes.get("gen_eval", n_gen - 1), 3.0)
+    calls = [protocol.CallMeasurement(10.0, r) for r in (warm, ttft, gen)]
+    return protocol.TrialMeasurement(changes.get("cleared", -1), *calls)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected_cached", "note"),
+    [
+        ({}, None, ""),
+        ({"ttft_cached": 9}, None, ""),  # nothing expected: the engine's count is not checked
+        ({"ttft_cached": 10}, 10, ""),
+        ({"ttft_cached": 9}, 10, "TTFT call reused 9 cached tokens, expected 10"),
+        ({"ttft_cached": 11}, 10, "TTFT call reused 11 cached tokens, expected 10"),
+        ({"warm_eval": 14}, None, "warm-up evaluated 14 tokens, expected 15"),
+        ({"ttft_sampled": 2}, None, "TTFT call sampled 2 tokens, expected 1"),
+        ({"gen_tokens": 5}, None, "generation produced 5 tokens, more than max_tokens=4"),
+        (
+            {"gen_eval": 5},
+            None,
+            "generation evaluated 2 of its prompt's tokens again, expected at most 1 (the "
+            "prompt was cached by the TTFT call)",
+        ),
+        (
+            {"cleared": None},
+            None,
+            "nothing shows the cache was empty: the engine reports neither its positions nor "
+            "the warm-up's reused tokens",
+        ),
+        (
+            {"cleared": 3, "ttft_sampled": 0},
+            None,
+            "the cache was not empty after clearing (highest position 3); TTFT call sampled 0 "
+            "tokens, expected 1",
+        ),
+    ],
+)
+def test_each_contradiction_of_a_trial_is_named(changes, expected_cached, note):
+    """Every check of check_trial with its exact note, one contradiction at a time (and
+    two together, joined by '; ')."""
+    found = checks.check_trial(_calls(**changes), 4, 10, 4, expected_cached=expected_cached)
+    assert found == note
+
+
+@pytest.mark.parametrize(
+    ("tokens", "reason", "evaluated"),
+    [(3, "stop", 13), (3, "length", 12), (1, "length", 10), (0, "length", 10), (0, "stop", 10)],
+)
+def test_a_generation_evaluates_its_prompt_and_each_token_before_the_next(
+    tokens, reason, evaluated
+):
+    """EOS (``stop``) was evaluated like every generated token; the last token of a
+    generation cut by max_tokens (``length``) was sampled, never evaluated."""
+    call = protocol.CallMeasurement(1.0, CallResult([7] * tokens, reason, 0, 0.0, 0, 0.0))
+    assert checks.evaluated_by_generation(10, call) == evaluated
+
+
+def _cure_call(evaluated: int = 4, sampled: int = 1, **extra) -> protocol.CallMeasurement:
+    return protocol.CallMeasurement(
+        1.0, CallResult([1] * sampled, "length", evaluated, 1.0, 0, 0.0, extra=extra)
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "note"),
+    [
+        ({}, ""),
+        ({"removals_done": True}, ""),
+        ({"restored": 18}, "the restored cache ends at position 18, expected 19"),
+        ({"evaluated": 5}, "the call evaluated 5 tokens, expected 4"),
+        ({"sampled": 2}, "the call sampled 2 tokens, expected 1"),
+        ({"removals_done": False}, "llama.cpp refused a cell removal the cure asked for"),
+        ({"pos_min": 2}, "the cache's lowest position is 2 after the call, expected 0"),
+        ({"positions": None}, "the cache's cells could not be read from llama.cpp's state"),
+        (
+            {"positions": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 12]},
+            "the cache holds 12 cells at positions 0..12, 1 positions held twice, expected "
+            "12 cells at 0..11",
+        ),
+        (
+            {"positions": []},
+            "the cache holds 0 cells at positions none, expected 12 cells at 0..11",
+        ),
+        (
+            {"restored": 0, "sampled": 0},
+            "the restored cache ends at position 0, expected 19; the call sampled 0 tokens, "
+            "expected 1",
+        ),
+    ],
+)
+def test_each_contradiction_of_an_in_process_cure_is_named(changes, note):
+    """check_cure's every check with its exact note: a warm snapshot of 20 tokens, a call
+    that must evaluate 4 and leave the 12-token prompt at positions 0..11, one cell each."""
+    call_args = {
+        k: changes.pop(k) for k in ("evaluated", "sampled", "removals_done") if k in changes
+    }
+    removals = (
+        {"removals_done": call_args.pop("removals_done")} if "removals_done" in call_args else {}
+    )
+    args = {"restored": 19, "warm_held": 20, "pos_min": 0, "positions": list(range(12))}
+    args |= changes
+    found = checks.check_cure(_cure_call(**call_args, **removals), 4, prompt=12, **args)
+    assert found == note
+
+
+def test_the_full_recompute_must_hold_its_tokens_from_position_0():
+    assert checks.check_cached_vs_full(0, list(range(5)), 5) == ""
+    assert checks.check_cached_vs_full(1, [1, 2, 3, 4, 5], 5) == (
+        "its lowest position is 1, expected 0; the cache holds 5 cells at positions 1..5, "
+        "expected 5 cells at 0..4"
+    )
+    assert checks.check_cached_vs_full(0, [0, 1, 2], 5) == (
+        "the cache holds 3 cells at positions 0..2, expected 5 cells at 0..4"
+    )
+
+
+def test_the_prompts_are_built_as_the_settings_say(engine, tmp_path):
+    """prompt_factory passes every setting on to build_prompts (the sizes, the user's
+    text, the kept prefix, the variant of quality_prompts); make_prompts takes variant 0
+    with keep_tokens of kept prefix."""
+    from kvcache_exp.measure.prompts import read_source_text
+
+    path = tmp_path / "story.txt"
+    path.write_text(" ".join(f"word{i % 11} and some more text here." for i in range(600)))
+    settings = _settings(prompt_text_file=str(path), keep_tokens=4, quality_prompts=3)
+    build = experiment.prompt_factory(engine, settings)
+    expected = build_prompts(
+        engine.tokenize,
+        24,
+        12,
+        settings.query_tokens,
+        source_text=read_source_text(path),
+        size_s=8,
+        variant=1,
+        variants=3,
+    )
+    assert build(1, 8, None) == expected
+    seed = experiment.make_prompts(engine, settings)
+    assert len(seed.s.tokens) == 4
+    assert seed in (build(0, 4, None), build(0, 4, experiment.next_token(engine, seed.warmup)))
+    assert seed != build(1, 4, None)

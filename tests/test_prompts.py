@@ -65,3 +65,30 @@ def test_missing_and_unreadable_text_file(tmp_path):
     bad.write_bytes(b"caf\xe9 " * 10)
     with pytest.raises(PromptError, match="cannot be read"):
         read_source_text(bad)
+
+
+def test_a_users_text_is_read_from_the_start_of_its_part():
+    """Prompt variant t of n reads the text from the start of its t-th of n equal parts,
+    then wraps around to the beginning."""
+    from kvcache_exp.measure.text import words_from_text
+
+    words = [f"w{i}" for i in range(8)]
+    text = " ".join(words)
+    assert list(words_from_text(text)) == words
+    assert list(words_from_text(text, 1, 4)) == words[2:] + words[:2]
+    assert list(words_from_text(text, 3, 4)) == words[6:] + words[:6]
+    assert list(words_from_text(text, 1, 0)) == words  # no parts: the one part is all of it
+
+
+def test_a_run_of_text_without_spaces_is_cut_at_the_longest_part_that_fits(tokenize):
+    """Chinese writes whole sentences without spaces: when such a run would overshoot a
+    segment, its longest leading part of at most ``room`` tokens is taken (never the
+    whole run, which did not fit), or nothing when not even one character fits."""
+    from kvcache_exp.measure.prompts import _leading_part
+
+    word = "缓存保存了每个词元的键和值当提示的开头改变时模型必须重新计算"
+    widths = [len(tokenize(" " + word[:end])) for end in range(len(word) + 1)]
+    for room in range(widths[-1] + 2):
+        fitting = [end for end in range(1, len(word)) if widths[end] <= room]
+        expected = word[: max(fitting)] if fitting else ""
+        assert _leading_part(word, room, tokenize) == expected, room

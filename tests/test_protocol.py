@@ -3,6 +3,12 @@ and the cache's own positions rather than assumed."""
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from kvcache_exp.engines.base import CallResult
 from kvcache_exp.measure import protocol
 from kvcache_exp.measure.prompts import build_prompts
 
@@ -97,3 +103,53 @@ def test_cache_positions_follow_every_call(engine, tokenize):
     assert engine.pos_max() == len(p.miss) - 1
     assert engine.cached == p.miss
     assert sorted(engine.cache_positions()) == list(range(len(p.miss)))
+
+
+class _RecordedCall:
+    """A prepared call of the test's own that writes what happens, in order, to ``events``:
+    the engine's work (``run``) and the read-out (``result``) beside the clock's readings."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def run(self) -> None:
+        self.events.append("run")
+
+    def result(self) -> CallResult:
+        self.events.append("result")
+        return CallResult([7], "length", 3, 1.0, 0, 0.0)
+
+
+def test_only_the_engines_work_is_inside_the_timer(monkeypatch):
+    """What :func:`protocol.timed` times is pinned by the order of events, not by a
+    duration: the clock is read, the call runs, the clock is read again, and only then is
+    the result read out. The clock is the test's own (two fixed readings, 250 ms apart),
+    so the measured wall time is exactly their difference."""
+    events: list[str] = []
+    readings = iter([10.0, 10.25])
+
+    def clock() -> float:
+        events.append("clock")
+        return next(readings)
+
+    # Only the protocol module sees the test's clock; pytest keeps the real one.
+    monkeypatch.setattr(protocol, "time", SimpleNamespace(perf_counter=clock, sleep=time.sleep))
+    measured = protocol.timed(_RecordedCall(events))
+    assert events == ["clock", "run", "clock", "result"]
+    assert measured.wall_ms == pytest.approx(250.0)
+    assert measured.result.tokens == [7] and measured.eval_tokens == 3
+
+
+def test_a_calls_timing_columns():
+    """The cures CSV's timing columns of one call: its wall time and how the engine spent
+    it, the rest being overhead."""
+    call = protocol.CallMeasurement(10.0, CallResult([1], "length", 6, 4.0, 2, 1.5))
+    assert call.timing_columns() == {
+        "ttft_ms": 10.0,
+        "prefill_tokens": 6,
+        "prefill_ms": 4.0,
+        "decode_tokens": 2,
+        "decode_ms": 1.5,
+        "overhead_ms": 4.5,
+    }
+    assert (call.eval_tokens, call.completion_tokens, call.finish_reason) == (8, 1, "length")

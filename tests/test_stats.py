@@ -285,3 +285,31 @@ def test_a_zero_hit_median_gives_an_undefined_interval_not_a_crash():
     # Only some resamples infinite (a hit of 0 drawn three times): no interval either.
     some = stats.ratio_ci([0.0, 1.0, 2.0], [1.0, 2.0, 3.0])
     assert some.estimate == 2.0 and math.isnan(some.low) and math.isnan(some.high)
+
+
+def test_intervals_are_95_percent_ones():
+    """A sample wide enough that the 90% and 95% percentile bounds differ: every interval
+    is scipy's 95% percentile bootstrap (the 2.5% and 97.5% points of the resampled
+    medians), never a narrower one."""
+    values = [float(v) for v in range(1, 42)]  # 41 distinct values: many resampled medians
+
+    def median(a, axis=-1):
+        return np.median(a, axis=axis)
+
+    def bounds(level: float) -> tuple[float, float]:
+        res = sps.bootstrap(
+            [values],
+            median,
+            n_resamples=stats.RESAMPLES,
+            confidence_level=level,
+            method="percentile",
+            batch=2_000,
+            rng=np.random.default_rng(stats.SEED),
+        )
+        return (res.confidence_interval.low, res.confidence_interval.high)
+
+    assert bounds(0.95) != bounds(0.90)  # the sample can tell the levels apart
+    got = stats.median_ci(values)
+    assert (got.low, got.high) == bounds(0.95)
+    (strat,) = stats.stratified_bootstrap([values], median)
+    assert (strat.low, strat.high) == bounds(0.95)

@@ -90,6 +90,10 @@ def make_prompts(engine: Engine, settings: ExperimentSettings) -> PromptSet:
     return draft
 
 
+# The job's orchestration below decides no number of its own: it calls what the mutation
+# tests cover (checks, prompts, protocol, cures) and is tested by running whole
+# experiments (test_experiment.py, test_workflow.py), too slow to repeat per mutant.
+# pragma: no mutate block
 def measure_cures(engine: Engine, settings: ExperimentSettings, rows: list[dict[str, Any]]) -> None:
     """The cures this engine can measure, by the capabilities it declares: llama.cpp's
     cache surgery and full logits (the in-process cures), or llama-server's cache reuse
