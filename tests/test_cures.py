@@ -175,6 +175,17 @@ def test_two_layer_shift_differs_and_the_head_helps_most(two_layers):
     # The trials ran on distinct prompts: the quality differs from one to the next.
     shift = df[(df.cure == "shift") & (df.keep_tokens == 8)]["kl_mean"]
     assert shift.nunique() == TRIALS
+    # A head recompute is not a tail recompute of the same cost: on every prompt its
+    # tokens, and so its distributions, are others (a cure that lost its `where` would
+    # recompute the tail twice and score the same).
+    for share in SHARES:
+        by = df.set_index(["keep_tokens", "trial", "cure"])
+        head, tail = (
+            by.xs(f"shift_head_{share:g}", level="cure"),
+            by.xs(f"shift_tail_{share:g}", level="cure"),
+        )
+        assert (head["tokens_expected"] == tail["tokens_expected"]).all()
+        assert (head["kl_mean"] != tail["kl_mean"]).all()
 
 
 def test_gpt2_shift_is_uncorrected_and_differs(checkpoints):
