@@ -57,6 +57,17 @@ def _load_config(path: Path) -> dict[str, Any]:
         return yaml.safe_load(fh) or {}
 
 
+def _config_and_model(p: argparse.ArgumentParser) -> None:
+    """The two flags every measuring command takes, spelled once."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path("config.yaml"),
+        help="configuration file (default: config.yaml, when present)",
+    )
+    p.add_argument("--model", help="a catalog name or a path to a .gguf file")
+
+
 def experiment_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="kvcache-exp",
@@ -65,13 +76,7 @@ def experiment_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size-a", type=int, required=True, help="tokens of context A (removed)")
     p.add_argument("--size-b", type=int, required=True, help="tokens of context B (kept)")
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=Path("config.yaml"),
-        help="configuration file (default: config.yaml, when present)",
-    )
-    p.add_argument("--model", help="a catalog name or a path to a .gguf file")
+    _config_and_model(p)
     for name, kind in _overrides().items():
         flag = f"--{name.replace('_', '-')}"
         help_text = schema.describe_key(name).replace("%", "%%")
@@ -230,13 +235,7 @@ def chat_parser() -> argparse.ArgumentParser:
     from kvcache_exp.chat.columns import CACHE_BEHAVIOURS
 
     p = argparse.ArgumentParser(prog="kvcache-chat", description=chat_main.__doc__)
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=Path("config.yaml"),
-        help="configuration file (default: config.yaml, when present)",
-    )
-    p.add_argument("--model", help="a catalog name or a path to a .gguf file")
+    _config_and_model(p)
     p.add_argument("--policy", help="one label of conversations.policies (default: each)")
     p.add_argument("--cache", choices=CACHE_BEHAVIOURS, help="one cache behaviour (default: each)")
     for key in ("conversations_file", "chat_template_file"):
