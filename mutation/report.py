@@ -94,6 +94,19 @@ def _key(function: str, was: str, now: str) -> tuple[str, str, str]:
     return function, was.strip(), now.strip()
 
 
+_UPPER_FIXED_POINT = re.compile(r"""(['"])([+ -]?\d*\.\d+)F\1""")
+_FORMATTERS = re.compile(r"\b_?(num|ci|pct|pct_ci|with_ci)\(")
+
+
+def fixed_point_case(was: str, now: str) -> bool:
+    """Whether the mutant only turns a fixed-point format given to the formatting helpers
+    (``num``, ``ci``, ``pct``, ``pct_ci``, ``with_ci``) into upper case: ``'.1f'`` into
+    ``'.1F'``. Those helpers format finite numbers only (n/a otherwise), and for a finite
+    number ``f`` and ``F`` print the same characters (they differ in inf and nan alone)."""
+    lowered = _UPPER_FIXED_POINT.sub(r"\1\2f\1", now)
+    return now != was and lowered == was and _FORMATTERS.search(was) is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--min", type=float, default=None, help="least overall kill rate, in %%")
@@ -105,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     equivalent = {_key(e["function"], e["was"], e["now"]): e["why"] for e in read_equivalent()}
     used: set[tuple[str, str, str]] = set()
+    by_rule = 0  # equivalent by fixed_point_case
     rows, survivors = [], []
     for module in sorted({m.module for m in mutants}):
         counts: Counter[str] = Counter()
@@ -118,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             elif key in equivalent:
                 counts["equivalent"] += 1
                 used.add(key)
+            elif fixed_point_case(m.was, m.now):
+                counts["equivalent"] += 1
+                by_rule += 1
             else:
                 counts[m.status] += 1
                 survivors.append(m)
@@ -142,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "caught: the tests failed, or ran past mutmut's CPU limit (timeout: the mutant loops),"
         " or crashed"
+    )
+    print(
+        f"equivalent: named in {EQUIVALENT.name}, or ({by_rule} here) a fixed-point format "
+        "in upper case ('.1f' to '.1F') given to the formatting helpers, which print "
+        "finite numbers only: the same text"
     )
     if total["unrun"]:
         print(f"{total['unrun']} mutants were not run (an interrupted run): outside the rates")

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import engine_threads
-from llama_tiny import make_tiny_gpt2_gguf, make_tiny_llama
+from gpt2_tiny import CORPUS, build_vocab, train_merges
+from llama_tiny import make_tiny_gpt2_gguf, make_tiny_llama, tiny_tokenizer
 
 from kvcache_exp.columns import CURE_COLUMNS
 from kvcache_exp.engines.base import EngineSettings
@@ -43,21 +44,35 @@ def _engine(path: Path, cache_type: str = "f32") -> LlamaCppPython:
     return LlamaCppPython(path, settings)
 
 
+SETTLE_S = 0.001
+
+
 def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
-    """Every cure at each kept prefix, on TRIALS prompts: (the prompt factory, the rows)."""
+    """Every cure at each kept prefix, on TRIALS prompts: (the prompt factory, the rows).
+
+    It also checks what every run must do: trial t of each kept prefix on prompt t - 1 of
+    the factory, and one settling pause per trial, just before its first cure."""
     engine = _engine(path, cache_type)
     rows: list[dict] = []
+    asked: list[tuple[int, int]] = []
+    pauses: list[tuple[float, int]] = []
 
     def prompt_for(variant: int, keep: int, avoid: int | None):
+        if avoid is None:
+            asked.append((keep, variant))
         return build_prompts(
             engine.tokenize, 48, 40, 12, size_s=keep, avoid_q_first=avoid, variant=variant
         )
+
+    def pause(seconds: float) -> None:
+        pauses.append((seconds, len(rows)))  # the rows measured before it
 
     lines = _LogLines()
     logger = logging.getLogger("kvcache_exp.measure.cure_plan")
     level = logger.level
     logger.addHandler(lines)
     logger.setLevel(logging.INFO)
+    sleep, cures.time.sleep = cures.time.sleep, pause
     try:
         cures.run_cures(
             engine,
@@ -65,16 +80,20 @@ def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
             keep_sizes=list(keeps),
             trials=TRIALS,
             warmup_tokens=3,
-            settle_s=0.0,
+            settle_s=SETTLE_S,
             recompute_shares=SHARES,
             quality_tokens=12,
             seed=7,
             rows=rows,
         )
     finally:
+        cures.time.sleep = sleep
         engine.close()
         logger.removeHandler(lines)
         logger.setLevel(level)
+    assert asked == [(keep, t) for keep in keeps for t in range(TRIALS)]
+    firsts = [i for i, row in enumerate(rows) if row["order"] == 1]
+    assert pauses == [(SETTLE_S, i) for i in firsts] and len(firsts) == len(keeps) * TRIALS
     # Every row has the CSV's columns, under their names (a misspelt key would otherwise
     # become an empty column), and is logged as it is measured, in order.
     # The numerics row is untimed and no cure: its timing and cure columns stay empty.
@@ -110,12 +129,6 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def two_layers(checkpoints):
-    """Every cure on the two-layer model at S = 0 and 8 (shared by several tests)."""
-    return _run(checkpoints["llama2"], keeps=(0, 8))[1]
-
-
 def test_one_layer_shift_is_the_recompute(checkpoints):
     """With one RoPE layer the shift, and every recompute of part of B, is exact: at every
     kept prefix, the first cell included."""
@@ -129,8 +142,13 @@ def test_one_layer_shift_is_the_recompute(checkpoints):
     assert set(df["keep_tokens"]) == {0, 8}
 
 
-def test_counts_cells_and_order_follow_the_design(two_layers):
-    df = two_layers
+def test_two_layer_cures_follow_the_design_and_the_head_helps_most(checkpoints):
+    """Every cure on the two-layer model at S = 0 and 8: counts, cells, order and quality.
+
+    One test, not several sharing a fixture: mutmut runs a mutant against the tests that
+    called the mutated function, and a shared fixture's calls count for the first test
+    that used it only, so a check placed in another test would never see the mutants."""
+    df = _run(checkpoints["llama2"], keeps=(0, 8))[1]
     b, q = 40, 12
     timed = df[df.cure != "cached_vs_full"]
     expected = {"hit": q, "miss": b + q, "shift": q}
@@ -161,10 +179,11 @@ def test_counts_cells_and_order_follow_the_design(two_layers):
     assert set(numerics["order"]) == {0} and set(numerics["predecessor"]) == {""}
     assert set(numerics["recompute_where"]) == {""} and set(numerics["cache_note"]) == {""}
     assert (numerics["kl_mean"] == 0).all()
+    # the hit is the warm cache itself: no cure, so no quality to compare
+    quality_columns = ["kl_mean", "top1_agreement"]
+    assert timed[timed.cure == "hit"][quality_columns].isna().all().all()
+    assert timed[timed.cure != "hit"][quality_columns].notna().all().all()
 
-
-def test_two_layer_shift_differs_and_the_head_helps_most(two_layers):
-    df = two_layers
     assert df["cache_verified"].all(), df["cache_note"].tolist()
     kl = df.groupby(["keep_tokens", "cure"])["kl_mean"].mean()
     for keep in (0, 8):
@@ -390,3 +409,106 @@ def test_quality_at_the_edges_of_its_inputs():
         quality.compare(logp(3), logp(2), np.zeros(3, dtype=int), 0)
     with pytest.raises(ValueError, match=r"reference \(3, 5\), cure \(3, 5\), 2 next tokens"):
         quality.compare(logp(3), logp(3), np.zeros(2, dtype=int), 0)
+
+
+def _gpt2(folder: Path, name: str, **kwargs) -> Path:
+    """A tiny GPT-2 GGUF made from a checkpoint (``eos_dominant``, ``dominant``: a model
+    whose greedy token is always that one)."""
+    from gpt2_tiny import make_tiny_checkpoint
+
+    from kvcache_exp.models.gpt2 import convert_gpt2_to_gguf
+
+    checkpoint = make_tiny_checkpoint(folder / name, n_positions=256, **kwargs)
+    return convert_gpt2_to_gguf(checkpoint, folder / f"{name}.gguf")
+
+
+def test_the_reference_is_one_full_recompute_of_s_b_q(checkpoints):
+    """The exact answer every cure is compared with: its context is ``[S, B]``, what it
+    scores is Q and the greedy continuation, and its log-probabilities are those of one
+    recompute of everything from an empty cache."""
+    engine = _engine(checkpoints["llama2"])
+    try:
+        prompts = build_prompts(engine.tokenize, 48, 40, 12, size_s=8)
+        ref = cures.reference(engine, prompts, 6)
+        assert engine.cached == []  # left empty for the cures
+        full = engine.log_probs(ref.context + ref.scored, scored=len(ref.scored))
+    finally:
+        engine.close()
+    s, b, q = (list(part.tokens) for part in (prompts.s, prompts.b, prompts.q))
+    assert ref.context == s + b
+    assert len(ref.continuation) == 6  # no early stop on this model
+    assert ref.scored == q + ref.continuation[:-1]
+    assert list(ref.next_tokens) == q[1:] + ref.continuation
+    assert ref.log_probs.shape[0] == len(ref.scored)
+    assert ref.compare(full).kl_mean == 0  # bit-identical on a CPU
+
+
+def test_an_end_of_text_at_once_is_the_references_whole_continuation(tmp_path):
+    """A model that ends every generation at once: the reference's continuation is the
+    end-of-text token (scored as the answer after Q), and the warm-up, which generated
+    nothing, keeps the prompts it drew."""
+    eot = tiny_tokenizer()[3]
+    engine = _engine(_gpt2(tmp_path, "eos", eos_dominant=True))
+    try:
+
+        def prompt_for(variant: int, keep: int, avoid: int | None):
+            return build_prompts(engine.tokenize, 48, 40, 12, size_s=keep, avoid_q_first=avoid)
+
+        prompts, _, held = cures._warm(engine, prompt_for, 0, 4, 3)
+        ref = cures.reference(engine, prompts, 6)
+        assert prompts == prompt_for(0, 4, None)
+    finally:
+        engine.close()
+    assert held == len(prompts.warmup)
+    q = list(prompts.q.tokens)
+    assert ref.continuation == [eot]
+    assert ref.scored == q
+    assert list(ref.next_tokens) == q[1:] + [eot]
+
+
+def test_q_is_redrawn_when_the_warm_up_generates_its_first_token(tmp_path):
+    """The cures' warm-up, like the seed's prompts: when the model generates Q's first
+    token after ``[S, A, B]``, a hit could reuse that token, so Q is drawn again for the
+    same variant and kept prefix, with A and B unchanged. A tiny GPT-2 whose greedy token
+    is always the first token of the draft's Q forces that case."""
+    strings = {i: s for s, i in build_vocab(train_merges(CORPUS, 64)).items()}
+    engine = _engine(_gpt2(tmp_path, "any"))
+    try:
+        draft = build_prompts(engine.tokenize, 48, 40, 12, size_s=4, variant=1, variants=2)
+    finally:
+        engine.close()
+    first = draft.q.tokens[0]
+    engine = _engine(_gpt2(tmp_path, "echo", dominant=strings[first]))
+    asked = []
+
+    def prompt_for(variant: int, keep: int, avoid: int | None):
+        asked.append((variant, keep, avoid))
+        return build_prompts(
+            engine.tokenize,
+            48,
+            40,
+            12,
+            size_s=keep,
+            avoid_q_first=avoid,
+            variant=variant,
+            variants=2,
+        )
+
+    try:
+        prompts, _, held = cures._warm(engine, prompt_for, 1, 4, 1)
+    finally:
+        engine.close()
+    assert asked == [(1, 4, None), (1, 4, first)]
+    assert prompts.q.tokens[0] != first
+    assert (prompts.s, prompts.a, prompts.b) == (draft.s, draft.a, draft.b)
+    assert held == len(draft.warmup)  # and the one generated token, not evaluated
+
+
+def test_cells_that_cannot_be_read_leave_every_row_unverified(checkpoints, monkeypatch):
+    """A llama.cpp whose state this package cannot parse: the cures are still measured,
+    with their cell counts empty and every row unverified, saying why."""
+    monkeypatch.setattr(LlamaCppPython, "cache_positions", lambda self, seq=0: None)
+    _, df = _run(checkpoints["llama1"])
+    assert df[df.cure != "cached_vs_full"]["cache_cells"].isna().all()
+    assert not df["cache_verified"].any()
+    assert df["cache_note"].str.contains("could not be read from llama.cpp's state").all()

@@ -577,3 +577,44 @@ def test_every_name_its_share_place_and_label():
         False,
     ]
     assert cure_names.config_label(8.0, 64, 32.0) == "64/32, S=8"
+
+
+def test_outcomes_at_the_thresholds_and_with_a_bound_missing():
+    """Each rule's words at its edge: the recovered share must lie *above* or *below*
+    RECOVER_MIN_SHARE (a bound on it decides nothing), top-1 and KL *at or above*/*at or
+    below* their thresholds for supported, and *below*/*above* them against; the noise
+    floor misses when either of its numbers does; an interval with one bound undefined
+    decides nothing."""
+    share, kl_max, top1_min = cures.RECOVER_MIN_SHARE, cures.EXACT_MAX_KL, cures.EXACT_MIN_TOP1
+
+    def recovery(low: float, high: float) -> str:
+        row = pd.Series({"recovered_ci_low": low, "recovered_ci_high": high})
+        return cure_verdicts._recovery_outcome(row)
+
+    assert recovery(share + 0.01, 0.9) == SUPPORTED
+    assert recovery(share, 0.9) == UNDETERMINED
+    assert recovery(0.1, share - 0.01) == NOT_SUPPORTED
+    assert recovery(0.1, share) == UNDETERMINED
+    assert recovery(math.nan, 0.2) == UNDETERMINED
+    assert recovery(0.6, math.nan) == UNDETERMINED
+
+    def exact(kl=(0.0, 0.01), top1=(0.97, 0.99), floor=(0.0, 1.0)) -> str:
+        row = {"kl_mean_ci_low": kl[0], "kl_mean_ci_high": kl[1]}
+        row |= {"top1_agreement_ci_low": top1[0], "top1_agreement_ci_high": top1[1]}
+        row |= {"floor_kl_mean": floor[0], "floor_top1_agreement": floor[1]}
+        return cure_verdicts._exact_outcome(pd.Series(row))
+
+    assert exact() == SUPPORTED
+    assert exact(kl=(0.0, kl_max)) == SUPPORTED
+    assert exact(top1=(top1_min, 0.99)) == SUPPORTED
+    assert exact(kl=(0.0, math.nan)) == UNDETERMINED
+    assert exact(top1=(math.nan, 0.99)) == UNDETERMINED
+    assert exact(kl=(kl_max, 0.1)) == UNDETERMINED
+    assert exact(kl=(kl_max + 0.001, 0.1)) == NOT_SUPPORTED
+    assert exact(top1=(0.9, top1_min)) == UNDETERMINED
+    assert exact(top1=(0.9, top1_min - 0.001)) == NOT_SUPPORTED
+    # the floor at a threshold still resolves it; past either one it does not
+    assert exact(floor=(kl_max, top1_min)) == SUPPORTED
+    assert exact(floor=(kl_max + 0.001, 1.0)) == UNDETERMINED
+    assert exact(floor=(0.0, top1_min - 0.001)) == UNDETERMINED
+    assert exact(kl=(0.2, 0.3), floor=(0.0, top1_min - 0.001)) == UNDETERMINED

@@ -13,6 +13,20 @@ def test_per_experiment_overrides_win_over_globals():
     config = {"trials": 10, "settle_ms": 500, "n_ctx": 4096}
     s = merge(config, {"size_a": 8, "size_b": 4, "trials": 3}, n_threads=2)
     assert (s.trials, s.settle_ms, s.n_ctx, s.n_threads, s.tag) == (3, 500, 4096, 2, "a8_b4")
+    # the caller's thread count fills in only where the configuration leaves it unset
+    assert merge({**config, "n_threads": 3}, {"size_a": 8, "size_b": 4}, n_threads=2).n_threads == 3
+
+
+def test_settings_rebuilt_from_their_record_are_the_same():
+    """Snakemake hands a job its settings as a plain record (``params``): the server's
+    settings arrive as a mapping and must become ServerSettings again."""
+    from kvcache_exp.config.settings import ExperimentSettings, ServerSettings
+
+    config = {"engine": "llama_server", "server": {"cache_reuse": 64, "api": "llama_server"}}
+    settings = merge(config, {"size_a": 8, "size_b": 4}, n_threads=2)
+    again = ExperimentSettings(**settings.as_dict())
+    assert isinstance(again.server, ServerSettings)
+    assert again == settings and again.server.cache_reuse == 64
 
 
 def test_sweep_over_b_at_fixed_a():
@@ -373,6 +387,8 @@ def test_the_experiments_list_empty_duplicated_or_with_bad_sizes():
         {"size_a": 8, "size_b": 4},
         {"size_a": 8, "size_b": 4},
         {"size_a": 1500, "size_b": 500},
+        {"size_a": 1, "size_b": 1},
+        {"size_b": 2},
     ]
     assert check_experiments({"experiments": experiments, "cures": False}) == [
         "experiments[1] (size_a=0, size_b=4): size_a must be an integer >= 1, got 0",
@@ -382,6 +398,7 @@ def test_the_experiments_list_empty_duplicated_or_with_bad_sizes():
         "size_b) may appear once, since both write the same CSV files",
         "experiments[4] (size_a=1500, size_b=500): the hit prompt (A+B+Q = 1500+500+16) plus "
         "max_tokens=50 needs 2066 tokens, more than n_ctx=2048",
+        "experiments[6] (size_a=None, size_b=2): size_a must be an integer >= 1, got None",
     ]
 
 

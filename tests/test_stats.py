@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -250,10 +251,12 @@ def test_lack_of_fit_hand_computed():
 
 def test_slow_outliers_flag_only_the_slow_side():
     times = [100.0, 101.0, 99.0, 102.0, 98.0, 100.0, 300.0, 30.0]
-    assert stats.slow_outliers(times, k=5).tolist() == [False] * 6 + [True, False]
+    assert stats.slow_outliers(times, k=5, slow="high").tolist() == [False] * 6 + [True, False]
     assert stats.slow_outliers(times, k=5, slow="low").tolist() == [False] * 7 + [True]
-    assert not stats.slow_outliers([100.0, 101.0, 300.0, 99.0], k=5).any()  # under 5 values
-    assert not stats.slow_outliers([100.0] * 6 + [300.0], k=5).any()  # MAD 0: no spread
+    assert not stats.slow_outliers([100.0, 101.0, 300.0, 99.0], k=5, slow="high").any()  # < 5
+    assert not stats.slow_outliers([100.0] * 6 + [300.0], k=5, slow="high").any()  # MAD 0
+    with pytest.raises(ValueError, match="not 'HIGH'"):
+        stats.slow_outliers(times, k=5, slow="HIGH")
 
 
 def test_mann_whitney_greater_is_one_sided():
@@ -313,3 +316,57 @@ def test_intervals_are_95_percent_ones():
     assert (got.low, got.high) == bounds(0.95)
     (strat,) = stats.stratified_bootstrap([values], median)
     assert (strat.low, strat.high) == bounds(0.95)
+
+
+def test_a_line_through_values_read_as_objects():
+    """Columns read with a missing cell arrive as objects (None among numbers): the
+    missing pairs are dropped like NaN, on either axis."""
+    fit = stats.fit_line(np.array([1, 2, 3, None, 5], dtype=object), [3, 5, 7, 9, None])
+    assert (fit.slope, fit.intercept, fit.n) == (pytest.approx(2.0), pytest.approx(1.0), 3)
+    swapped = stats.fit_line([3, 5, 7, 9, None], np.array([1, 2, 3, None, 5], dtype=object))
+    assert swapped.n == 3 and swapped.slope == pytest.approx(0.5)
+
+
+def test_describe_and_the_rank_test_on_tiny_samples_quietly():
+    """A configuration with no trial, or one: NaN where a figure needs more, no warning
+    (numpy's empty median and one-value deviation warn); two values have a deviation."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty, one = stats.describe([]), stats.describe([4.0])
+        assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in ("median", "mean", "std"))
+        assert (one["n"], one["median"], one["mean"]) == (1, 4.0, 4.0) and math.isnan(one["std"])
+        assert stats.describe([1.0, 3.0])["std"] == pytest.approx(math.sqrt(2))
+        for hit, miss in (([], [1.0, 2.0]), ([1.0, 2.0], [])):
+            test = stats.mann_whitney(hit, miss)
+            assert math.isnan(test.u) and math.isnan(test.p)
+    single = stats.mann_whitney([1.0], [2.0, 3.0, 4.0])
+    assert (single.u, single.p) == (0.0, pytest.approx(0.5))
+    assert stats.mann_whitney([5.0, 6.0], [1.0]).u == 2.0
+
+
+def test_prefill_throughput_counts_the_trials_with_both_numbers():
+    """Tokens over seconds, summed over the trials that have both (a cell written as
+    empty text counts as missing), even when the prefill took under a millisecond."""
+    df = pd.DataFrame(
+        {
+            "ttft_prefill_tokens": [100, 50, 40, ""],
+            "ttft_prefill_ms": [10.0, None, "", 5.0],
+        },
+        dtype=object,
+    )
+    assert stats.prefill_tok_s(df) == pytest.approx(100 / 10.0 * 1000)
+    quick = pd.DataFrame({"ttft_prefill_tokens": [8], "ttft_prefill_ms": [0.5]})
+    assert stats.prefill_tok_s(quick) == pytest.approx(16_000)
+
+
+def test_the_line_and_bow_far_from_zero_and_over_resamples():
+    """Centring x keeps the parabola's fit conditioned where B is large; with several
+    rows of y (resamples) and too few distinct x, every row gets NaN."""
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0] * 2)
+    y = 3 + 2 * x + 0.5 * x**2
+    slope, bow = stats.line_and_bow(x, y)
+    assert bow == pytest.approx(0.5 * 16 / 4)
+    far_slope, far_bow = stats.line_and_bow(x + 1e7, y)
+    assert (far_slope, far_bow) == (pytest.approx(slope, rel=1e-6), pytest.approx(bow, rel=1e-6))
+    slopes, bows = stats.line_and_bow([5, 5, 5], np.ones((4, 3)))
+    assert slopes.shape == bows.shape == (4,) and np.isnan(slopes).all()

@@ -229,3 +229,31 @@ def test_summary_pools_records_that_agree(tmp_path):
     records = _records(tmp_path, paths)
     summary.write_summary(paths, tmp_path / "s.csv", tmp_path / "s.md", "m", record_paths=records)
     assert "Warning" not in (tmp_path / "s.md").read_text()
+
+
+def test_the_outlier_rule_in_words(monkeypatch):
+    """The summary states the rule where it applies, and says so when there is none."""
+    assert trials.outlier_rule() == (
+        "trials more than 5 robust standard deviations slower than the median of their "
+        "configuration and condition (on a log scale) are set aside as slow outliers"
+    )
+    monkeypatch.setattr(trials, "SLOW_OUTLIER_K", None)
+    assert trials.outlier_rule() == "no trial is set aside as a slow outlier"
+
+
+def test_the_fitted_lines_use_the_kept_trials_only():
+    """The summary's three lines fit the trials the verdicts keep: a slow miss set aside
+    leaves them as they are without it, and clean data gives the lines it was made from
+    (miss TTFT 20 ms + 0.5 ms per recomputed token, hit TTFT flat at 28 ms)."""
+    df = make_results()
+    kept = trials.kept_rows(df, trials.by_configuration(df))
+    pd.testing.assert_frame_equal(kept, df[df.condition.isin(["hit", "miss"])])
+    assert trials.kept_rows(df, []).empty
+    slow_row = df[df.condition == "miss"].index[0]
+    slow = df.copy()
+    slow.loc[slow_row, "ttft_ms"] *= 50
+    fits = tables.fits(slow)
+    assert fits == tables.fits(df.drop(index=slow_row))
+    assert fits["miss_ttft_vs_recomputed"].slope == pytest.approx(0.5, rel=0.05)
+    assert fits["hit_ttft_vs_b"].slope == pytest.approx(0.0, abs=0.01)
+    assert fits["miss_ttft_vs_recomputed"].n == (df.condition == "miss").sum() - 1

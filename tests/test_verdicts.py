@@ -254,3 +254,114 @@ def test_slow_outlier_trials_do_not_decide():
     df.loc[first, "decode_tok_s"] /= 3.0
     assert [v.status for v in vd.verdicts(df)] == [SUPPORTED] * 4
     assert np.isfinite(_found(df)["hit_constant"].evidence["change_share_ci_high"])
+
+
+def test_the_bootstraps_settings_reach_every_verdict():
+    """n_resamples and the seed given to verdicts() decide every interval, the
+    per-configuration ones behind the main hypothesis included: another seed moves them."""
+    df = make_results(noise_cv=0.2, seed=3)
+    first = {v.key: v.evidence for v in vd.verdicts(df, n_resamples=400, seed=1)}
+    again = {v.key: v.evidence for v in vd.verdicts(df, n_resamples=400, seed=1)}
+    other = {v.key: v.evidence for v in vd.verdicts(df, n_resamples=400, seed=2)}
+    assert first == again
+    for key, evidence in first.items():
+        assert evidence != other[key], key
+
+
+def test_trials_from_seed_style_csvs_and_odd_cells():
+    """The seed's own CSVs have no cache_verified, tokens_recomputed or decode_tok_s:
+    every hit and miss trial counts, the tokens recomputed are B, and no decode figure is
+    kept. A TTFT cell that is not a number drops its trial; one usable trial makes one
+    configuration."""
+    df = make_results().drop(columns=["cache_verified", "tokens_recomputed", "decode_tok_s"])
+    configs = trials.by_configuration(df)
+    assert [(c.size_a, c.size_b) for c in configs] == list(SEED_CONFIGS)
+    assert all(c.hit.size == c.miss.size == 10 for c in configs)
+    assert [c.x_miss for c in configs] == [float(b) for _, b in SEED_CONFIGS]
+    assert all(c.hit_decode.size == c.miss_decode.size == 0 for c in configs)
+    odd = make_results().astype({"ttft_ms": object})
+    odd.loc[0, "ttft_ms"] = ""  # the first hit of the first configuration
+    assert trials.by_configuration(odd)[0].hit.size == 9
+    [only] = trials.by_configuration(make_results().iloc[:1])
+    assert (only.size_a, only.size_b, only.hit.size, only.miss.size) == (512, 256, 1, 0)
+
+
+def test_each_claims_rule_at_its_thresholds():
+    """The rules' words at their edges: 'within ±m' and 'above 1' are strict, 'at least m'
+    and 'within [low, high]' include the bound, and an interval with one end undefined
+    decides nothing (a slope at or below 0 rejects claim 2 whatever else is missing)."""
+    from kvcache_exp.analysis.stats import Interval
+
+    nan = math.nan
+    # the main hypothesis, per configuration: (ratio, adjusted p slower, adjusted p faster)
+    costlier = vd._miss_costlier_outcome
+    assert costlier(Interval(2.0, 1.5, 2.5), 0.01, 0.99)[0] == SUPPORTED
+    assert costlier(Interval(2.0, 1.0, 2.5), 0.01, 0.99)[0] == UNDETERMINED
+    assert costlier(Interval(2.0, 1.5, 2.5), vd.ALPHA, 0.99)[0] == UNDETERMINED
+    faster = costlier(Interval(0.5, 0.4, 0.6), 0.99, 0.0012)
+    assert faster == (
+        NOT_SUPPORTED,
+        "Not supported: a miss is faster (Holm-Šidák-adjusted p = 0.0012 for a faster miss, "
+        "and the whole CI lies below 1).",
+    )
+    assert costlier(Interval(0.5, 0.4, 1.0), 0.99, 0.01)[0] == UNDETERMINED
+    assert costlier(Interval(0.5, 0.4, 0.6), 0.99, vd.ALPHA)[0] == UNDETERMINED
+    for ratio, p, p_faster in (
+        (Interval(2.0, nan, 2.5), 0.01, 0.99),
+        (Interval(2.0, 1.5, nan), 0.01, 0.99),
+        (Interval(2.0, 1.5, 2.5), nan, 0.99),
+        (Interval(2.0, 1.5, 2.5), 0.01, nan),
+    ):
+        assert costlier(ratio, p, p_faster)[0] == UNDETERMINED
+
+    # claim 1: the change of hit TTFT as a share of its level, margin m
+    m = vd.HIT_CONSTANT_MAX_CHANGE
+    hit = vd._hit_constant_outcome
+    assert hit(Interval(0.0, -m + 0.01, m - 0.01))[0] == SUPPORTED
+    assert hit(Interval(0.0, -m, m - 0.01))[0] == UNDETERMINED
+    assert hit(Interval(0.0, -m + 0.01, m))[0] == UNDETERMINED
+    assert hit(Interval(m, 0.01, 2 * m))[0] == NOT_SUPPORTED
+    assert hit(Interval(-m, -2 * m, -0.01))[0] == NOT_SUPPORTED
+    assert hit(Interval(m - 0.01, 0.01, 2 * m))[0] == UNDETERMINED
+    assert hit(Interval(m, 0.0, 2 * m))[0] == UNDETERMINED
+    assert hit(Interval(-m, -2 * m, 0.0))[0] == UNDETERMINED
+    assert hit(Interval(0.0, nan, 0.01))[0] == UNDETERMINED
+    assert hit(Interval(0.0, -0.01, nan))[0] == UNDETERMINED
+
+    # claim 2: slope, bow share (margin m), lack-of-fit p
+    m = vd.MISS_LINEAR_MAX_BOW
+    line = vd._miss_linear_outcome
+    rising, flat_bow = Interval(0.5, 0.4, 0.6), Interval(0.0, -m + 0.01, m - 0.01)
+    assert line(rising, flat_bow, 0.5)[0] == SUPPORTED
+    assert line(rising, flat_bow, nan)[0] == SUPPORTED  # no repeats: no F test
+    assert line(Interval(0.5, 0.0, 0.6), flat_bow, 0.5)[0] == UNDETERMINED
+    assert line(rising, Interval(0.0, -m, m - 0.01), 0.5)[0] == UNDETERMINED
+    assert line(rising, Interval(0.0, -m + 0.01, m), 0.5)[0] == UNDETERMINED
+    assert line(rising, flat_bow, vd.ALPHA)[0] == SUPPORTED
+    assert line(rising, flat_bow, vd.ALPHA / 2)[0] == UNDETERMINED  # rejected, small bow
+    assert line(Interval(0.5, 0.4, 0.0), flat_bow, 0.5)[0] == NOT_SUPPORTED
+    assert line(Interval(0.5, nan, -0.1), Interval(0.0, nan, nan), nan)[0] == NOT_SUPPORTED
+    assert line(rising, Interval(m, 0.0, 2 * m), 0.5)[0] == UNDETERMINED  # CI touches 0
+    assert line(rising, Interval(m, 0.01, 2 * m), 0.5)[0] == NOT_SUPPORTED
+    assert line(rising, Interval(-m, -2 * m, -0.01), 0.5)[0] == NOT_SUPPORTED
+    assert line(rising, Interval(-m, -2 * m, 0.0), 0.5)[0] == UNDETERMINED
+    assert line(rising, Interval(m - 0.01, 0.01, 2 * m), 0.5)[0] == UNDETERMINED
+    for slope, share in (
+        (Interval(0.5, nan, 0.6), flat_bow),
+        (rising, Interval(0.0, nan, 0.01)),
+        (rising, Interval(0.0, -0.01, nan)),
+    ):
+        assert line(slope, share, 0.5)[0] == UNDETERMINED
+
+    # claim 3: the ratio of decode throughputs, bounds [low, high]
+    low, high = vd.DECODE_RATIO_BOUNDS
+    decode = vd._decode_outcome
+    assert decode(Interval(1.0, low, high))[0] == SUPPORTED
+    assert decode(Interval(1.2, 1.0 + 1e-9, 1.3))[0] == NOT_SUPPORTED
+    assert decode(Interval(1.2, 1.0, 1.3))[0] == UNDETERMINED
+    assert decode(Interval(0.8, 0.7, 1.0 - 1e-9))[0] == NOT_SUPPORTED
+    assert decode(Interval(0.8, 0.7, 1.0))[0] == UNDETERMINED
+    assert decode(Interval(high, 1.0 + 1e-9, 1.3))[0] == UNDETERMINED  # estimate in bounds
+    assert decode(Interval(low, 0.7, 1.0 - 1e-9))[0] == UNDETERMINED
+    assert decode(Interval(1.0, nan, high))[0] == UNDETERMINED
+    assert decode(Interval(1.0, low, nan))[0] == UNDETERMINED

@@ -206,7 +206,7 @@ def mann_whitney(hit: ArrayLike, miss: ArrayLike) -> MannWhitney:
     h, m = clean(hit), clean(miss)
     if h.size == 0 or m.size == 0:
         return MannWhitney(math.nan, math.nan)
-    res = sps.mannwhitneyu(h, m, alternative="two-sided")
+    res = sps.mannwhitneyu(h, m)  # two-sided, scipy's default
     return MannWhitney(float(res.statistic), float(res.pvalue))
 
 
@@ -234,7 +234,7 @@ def fit_line(x: ArrayLike, y: ArrayLike, *, confidence: float = CONFIDENCE) -> L
         se = 0.0
     else:
         se = float(res.stderr)
-    t_crit = float(sps.t.ppf(0.5 + confidence / 2, dof)) if dof >= 1 else math.nan
+    t_crit = float(sps.t.ppf(0.5 + confidence / 2, dof))  # NaN at 0 degrees of freedom
     return LineFit(
         slope,
         intercept,
@@ -326,8 +326,7 @@ def line_and_bow(x: ArrayLike, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     positive when the curve bends upwards (each extra token costs more than the last).
     The bow is NaN with fewer than three distinct x values, the slope with fewer than two.
     """
-    xa = np.asarray(x, dtype=float)
-    ya = np.asarray(y, dtype=float)
+    xa, ya = np.asarray(x), np.asarray(y)  # numbers: sizes and medians
     distinct = np.unique(xa).size
     nan = np.full(ya.shape[:-1], math.nan)
     if distinct < 2:
@@ -367,7 +366,7 @@ def lack_of_fit(x: ArrayLike, y: ArrayLike) -> LackOfFit:
     return LackOfFit(float(f), float(p), float(df_num), float(cell_means.df_resid))
 
 
-def slow_outliers(values: ArrayLike, *, k: float, slow: str = "high", min_n: int = 5) -> np.ndarray:
+def slow_outliers(values: ArrayLike, *, k: float, slow: str, min_n: int = 5) -> np.ndarray:
     """Mask of the trials far slower than the rest of their sample (a shared machine's hiccups).
 
     On the log scale (timings vary multiplicatively), a value is flagged when it lies
@@ -377,6 +376,8 @@ def slow_outliers(values: ArrayLike, *, k: float, slow: str = "high", min_n: int
     throughput). Fast values are never flagged. Samples under ``min_n`` values, and
     samples whose MAD is 0, flag nothing: their spread cannot be estimated.
     """
+    if slow not in ("high", "low"):
+        raise ValueError(f"slow is 'high' (a time) or 'low' (a throughput), not {slow!r}")
     arr = np.asarray(values, dtype=float).ravel()
     flags = np.zeros(arr.size, dtype=bool)
     positive = np.isfinite(arr) & (arr > 0)

@@ -99,7 +99,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (a, b), group in df.groupby(["size_a", "size_b"], sort=False):
         config, verdict = found.get((int(a), int(b)), (_no_trials(int(a), int(b)), None))
-        row: dict[str, float] = {"size_a": int(a), "size_b": int(b)}
+        row: dict[str, float] = {"size_a": config.size_a, "size_b": config.size_b}
         row |= _ttft_stats(config, verdict)
         row |= _throughput_stats(config, df)
         row["n_unverified"] = int(verified_flags(group["cache_verified"]).eq(False).sum())
@@ -123,8 +123,7 @@ def fits(df: pd.DataFrame) -> dict[str, stats.LineFit]:
 
 def _no_trials(size_a: int, size_b: int) -> Configuration:
     """A configuration none of whose trials can be used (all failed verification, say)."""
-    empty = np.array([], dtype=float)
-    rows = np.array([], dtype=int)
+    empty, rows = np.empty(0), np.empty(0, dtype=np.intp)
     return Configuration(size_a, size_b, empty, empty, empty, empty, rows, rows, math.nan)
 
 

@@ -96,7 +96,7 @@ def _without_slow(values: np.ndarray, slow: str) -> tuple[np.ndarray, np.ndarray
     """
     finite = np.isfinite(values)
     if SLOW_OUTLIER_K is None:
-        return finite, np.zeros(values.size, dtype=bool)
+        return finite, np.zeros_like(finite)
     slow_flags = stats.slow_outliers(values, k=SLOW_OUTLIER_K, slow=slow)
     return finite & ~slow_flags, slow_flags
 
@@ -115,7 +115,8 @@ def by_configuration(df: pd.DataFrame) -> list[Configuration]:
     cond = df["condition"].astype(str).to_numpy()
     ttft, size_a, size_b = (_numeric(df, c) for c in ("ttft_ms", "size_a", "size_b"))
     decode, recomputed = _numeric(df, "decode_tok_s"), _numeric(df, "tokens_recomputed")
-    usable = verified & np.isin(cond, ("hit", "miss")) & np.isfinite(ttft + size_a + size_b)
+    known = np.isfinite(np.column_stack([ttft, size_a, size_b])).all(axis=1)
+    usable = verified & np.isin(cond, ("hit", "miss")) & known
     positions = np.flatnonzero(usable)
     if positions.size == 0:
         return []

@@ -197,19 +197,7 @@ def _miss_costlier_verdict(
         f"{config.hit.size} hit / {config.miss.size} miss trials"
         f"{_aside(config.ttft_set_aside)}."
     )
-    if not _finite(ratio.low, ratio.high, p_adjusted, p_faster_adjusted):
-        status = UNDETERMINED
-        why = "Undetermined: the interval or the test is not defined (too few trials)."
-    elif p_adjusted < ALPHA and ratio.low > 1:
-        status, why = SUPPORTED, "Supported: a miss is slower, and the whole CI lies above 1."
-    elif p_faster_adjusted < ALPHA and ratio.high < 1:
-        status = NOT_SUPPORTED
-        why = (
-            "Not supported: a miss is faster (Holm-Šidák-adjusted p = "
-            f"{_num(p_faster_adjusted, '.2g')} for a faster miss, and the whole CI lies below 1)."
-        )
-    else:
-        status, why = UNDETERMINED, "Undetermined: the data cannot tell the two apart."
+    status, why = _miss_costlier_outcome(ratio, p_adjusted, p_faster_adjusted)
     evidence = {
         "size_a": float(config.size_a),
         "size_b": float(config.size_b),
@@ -225,6 +213,26 @@ def _miss_costlier_verdict(
         "n_set_aside": float(config.ttft_set_aside),
     }
     return Verdict("miss_costlier", MISS_COSTLIER_CLAIM, status, f"{numbers} {why}", evidence)
+
+
+def _miss_costlier_outcome(
+    ratio: stats.Interval, p_adjusted: float, p_faster_adjusted: float
+) -> tuple[str, str]:
+    """One configuration's status and why, from the adjusted one-sided p-values (a slower
+    miss, a faster miss) and the interval of the miss / hit ratio."""
+    if not _finite(ratio.low, ratio.high, p_adjusted, p_faster_adjusted):
+        return (
+            UNDETERMINED,
+            "Undetermined: the interval or the test is not defined (too few trials).",
+        )
+    if p_adjusted < ALPHA and ratio.low > 1:
+        return SUPPORTED, "Supported: a miss is slower, and the whole CI lies above 1."
+    if p_faster_adjusted < ALPHA and ratio.high < 1:
+        return NOT_SUPPORTED, (
+            "Not supported: a miss is faster (Holm-Šidák-adjusted p = "
+            f"{_num(p_faster_adjusted, '.2g')} for a faster miss, and the whole CI lies below 1)."
+        )
+    return UNDETERMINED, "Undetermined: the data cannot tell the two apart."
 
 
 def _overall_miss_costlier(per_config: list[Verdict]) -> Verdict:
@@ -280,7 +288,7 @@ def _verdict_hit_constant(configs: list[Configuration], *, n_resamples: int, see
         f"is at least {margin:.0%}; otherwise undetermined."
     )
     used = [c for c in configs if c.hit.size]
-    b = np.array([c.size_b for c in used], dtype=float)
+    b = np.array([c.size_b for c in used])
     if np.unique(b).size < 2:
         reason = f"needs hit trials at 2 or more distinct B values, found {np.unique(b).size}. "
         return Verdict("hit_constant", HIT_CONSTANT_CLAIM, UNDETERMINED, reason + rule)
@@ -303,17 +311,7 @@ def _verdict_hit_constant(configs: list[Configuration], *, n_resamples: int, see
         f"configurations ({sum(c.hit.size for c in used)} trials"
         f"{_aside(aside)})."
     )
-    if not _finite(share.low, share.high):
-        status = UNDETERMINED
-        why = "Undetermined: the interval is not defined (a configuration has under 2 trials)."
-    elif -margin < share.low and share.high < margin:
-        status, why = SUPPORTED, f"Supported: the whole CI lies within ±{margin:.0%}."
-    elif (share.low > 0 or share.high < 0) and abs(share.estimate) >= margin:
-        status = NOT_SUPPORTED
-        why = f"Not supported: the CI excludes 0 and the change is at least {margin:.0%}."
-    else:
-        status = UNDETERMINED
-        why = f"Undetermined: the data neither bound the change within ±{margin:.0%} nor show it."
+    status, why = _hit_constant_outcome(share)
     evidence = {
         "slope_ms_per_token": slope.estimate,
         "slope_ci_low": slope.low,
@@ -329,6 +327,22 @@ def _verdict_hit_constant(configs: list[Configuration], *, n_resamples: int, see
     }
     reason = f"{numbers} {why} {rule}"
     return Verdict("hit_constant", HIT_CONSTANT_CLAIM, status, reason, evidence)
+
+
+def _hit_constant_outcome(share: stats.Interval) -> tuple[str, str]:
+    """Claim 1's status and why, from the change of hit TTFT over the B range as a share
+    of its level: an equivalence test within ±HIT_CONSTANT_MAX_CHANGE."""
+    margin = HIT_CONSTANT_MAX_CHANGE
+    if not _finite(share.low, share.high):
+        why = "Undetermined: the interval is not defined (a configuration has under 2 trials)."
+        return UNDETERMINED, why
+    if -margin < share.low and share.high < margin:
+        return SUPPORTED, f"Supported: the whole CI lies within ±{margin:.0%}."
+    if (share.low > 0 or share.high < 0) and abs(share.estimate) >= margin:
+        why = f"Not supported: the CI excludes 0 and the change is at least {margin:.0%}."
+        return NOT_SUPPORTED, why
+    why = f"Undetermined: the data neither bound the change within ±{margin:.0%} nor show it."
+    return UNDETERMINED, why
 
 
 # --------------------------------------------------------------------------- claim 2
@@ -377,34 +391,7 @@ def _verdict_miss_linear(configs: list[Configuration], *, n_resamples: int, seed
         f"{_num(bow.estimate, '+.3g')} ms); lack-of-fit F = {_num(lof.f, '.3g')} "
         f"on {_num(lof.df_num, 'g')} and {_num(lof.df_den, 'g')} df, p = {_num(lof.p, '.2g')}."
     )
-    # The F test assumes normal errors of equal spread; timings vary multiplicatively and
-    # keep the milder hiccups, so the bow's bootstrap interval (which assumes neither) may
-    # reject the line as well.
-    rejected = (_finite(lof.p) and lof.p < ALPHA) or share.low > 0 or share.high < 0
-    curved = rejected and abs(share.estimate) >= margin
-    if _finite(slope.high) and slope.high <= 0:
-        status, why = NOT_SUPPORTED, "Not supported: miss TTFT does not grow with B."
-    elif not _finite(slope.low, share.low, share.high):
-        status = UNDETERMINED
-        why = "Undetermined: an interval is not defined (a configuration has under 2 trials)."
-    elif slope.low > 0 and -margin < share.low and share.high < margin and not rejected:
-        status = SUPPORTED
-        why = (
-            f"Supported: the slope is positive, the bow's CI lies within ±{margin:.0%} and "
-            "the line fits."
-        )
-    elif curved:
-        status = NOT_SUPPORTED
-        why = f"Not supported: the line does not fit and the bow is at least {margin:.0%}."
-    elif rejected:
-        status = UNDETERMINED
-        why = (
-            f"Undetermined: the line does not fit, but the bow stays under {margin:.0%} of "
-            "the rise."
-        )
-    else:
-        status = UNDETERMINED
-        why = f"Undetermined: the data neither bound the bow within ±{margin:.0%} nor show it."
+    status, why = _miss_linear_outcome(slope, share, lof.p)
     evidence = {
         "slope_ms_per_token": slope.estimate,
         "slope_ci_low": slope.low,
@@ -422,6 +409,39 @@ def _verdict_miss_linear(configs: list[Configuration], *, n_resamples: int, seed
     return Verdict("miss_linear", MISS_LINEAR_CLAIM, status, reason, evidence)
 
 
+def _miss_linear_outcome(
+    slope: stats.Interval, share: stats.Interval, lack_of_fit_p: float
+) -> tuple[str, str]:
+    """Claim 2's status and why, from the slope, the bow as a share of the line's rise
+    (bounded by ±MISS_LINEAR_MAX_BOW) and the lack-of-fit test's p-value.
+
+    The F test assumes normal errors of equal spread; timings vary multiplicatively and
+    keep the milder hiccups, so the bow's bootstrap interval (which assumes neither) may
+    reject the line as well."""
+    margin = MISS_LINEAR_MAX_BOW
+    rejected = (_finite(lack_of_fit_p) and lack_of_fit_p < ALPHA) or share.low > 0 or share.high < 0
+    if _finite(slope.high) and slope.high <= 0:
+        return NOT_SUPPORTED, "Not supported: miss TTFT does not grow with B."
+    if not _finite(slope.low, share.low, share.high):
+        why = "Undetermined: an interval is not defined (a configuration has under 2 trials)."
+        return UNDETERMINED, why
+    if slope.low > 0 and -margin < share.low and share.high < margin and not rejected:
+        return SUPPORTED, (
+            f"Supported: the slope is positive, the bow's CI lies within ±{margin:.0%} and "
+            "the line fits."
+        )
+    if rejected and abs(share.estimate) >= margin:
+        why = f"Not supported: the line does not fit and the bow is at least {margin:.0%}."
+        return NOT_SUPPORTED, why
+    if rejected:
+        return UNDETERMINED, (
+            f"Undetermined: the line does not fit, but the bow stays under {margin:.0%} of "
+            "the rise."
+        )
+    why = f"Undetermined: the data neither bound the bow within ±{margin:.0%} nor show it."
+    return UNDETERMINED, why
+
+
 # --------------------------------------------------------------------------- claim 3
 
 
@@ -431,7 +451,6 @@ DECODE_CLAIM = "Decode throughput is unaffected by cache state"
 def _verdict_decode(configs: list[Configuration], *, n_resamples: int, seed: int) -> Verdict:
     """Claim 3, as an equivalence test on the ratio of median decode tok/s miss / hit."""
     low, high = DECODE_RATIO_BOUNDS
-    bounds = f"[{low:.2f}, {high:.2f}]"
     rule = (
         f"Rule: supported when the whole {CONFIDENCE:.0%} CI lies within [{low:.2f}, "
         f"{high:.2f}]; not supported when the CI excludes 1 and the ratio lies outside those "
@@ -460,18 +479,7 @@ def _verdict_decode(configs: list[Configuration], *, n_resamples: int, seed: int
         f"({CONFIDENCE:.0%} CI {_ci(ratio.low, ratio.high, '.3f')}, trials resampled within "
         f"each of {k} configurations{_aside(aside)}), all configurations pooled."
     )
-    if not _finite(ratio.low, ratio.high):
-        status = UNDETERMINED
-        why = "Undetermined: the interval is not defined (a configuration has under 2 trials)."
-    elif low <= ratio.low and ratio.high <= high:
-        status = SUPPORTED
-        why = f"Supported: the whole CI lies within {bounds}."
-    elif (ratio.low > 1 or ratio.high < 1) and not low <= ratio.estimate <= high:
-        status = NOT_SUPPORTED
-        why = f"Not supported: the CI excludes 1 and the ratio lies outside {bounds}."
-    else:
-        status = UNDETERMINED
-        why = f"Undetermined: the data neither bound the ratio within {bounds} nor show it outside."
+    status, why = _decode_outcome(ratio)
     if status != SUPPORTED and ratio.estimate > 1:
         why += (
             " Note: a miss decodes with A's tokens gone from its context, so each decoded "
@@ -486,3 +494,22 @@ def _verdict_decode(configs: list[Configuration], *, n_resamples: int, seed: int
     }
     reason = f"{numbers} {why} {rule}"
     return Verdict("decode_unaffected", DECODE_CLAIM, status, reason, evidence)
+
+
+def _decode_outcome(ratio: stats.Interval) -> tuple[str, str]:
+    """Claim 3's status and why, from the pooled ratio of median decode tok/s miss / hit:
+    an equivalence test within DECODE_RATIO_BOUNDS."""
+    low, high = DECODE_RATIO_BOUNDS
+    bounds = f"[{low:.2f}, {high:.2f}]"
+    if not _finite(ratio.low, ratio.high):
+        why = "Undetermined: the interval is not defined (a configuration has under 2 trials)."
+        return UNDETERMINED, why
+    if low <= ratio.low and ratio.high <= high:
+        return SUPPORTED, f"Supported: the whole CI lies within {bounds}."
+    if (ratio.low > 1 or ratio.high < 1) and not low <= ratio.estimate <= high:
+        return (
+            NOT_SUPPORTED,
+            f"Not supported: the CI excludes 1 and the ratio lies outside {bounds}.",
+        )
+    why = f"Undetermined: the data neither bound the ratio within {bounds} nor show it outside."
+    return UNDETERMINED, why

@@ -42,7 +42,7 @@ def overridable_keys() -> tuple[str, ...]:
 
 def describe_key(key: str) -> str:
     """The schema's description of a top-level setting, on one line."""
-    return " ".join(str(load_schema()["properties"][key].get("description", "")).split())
+    return " ".join(str(load_schema()["properties"][key]["description"]).split())
 
 
 def _where(path: list[Any], config: dict[str, Any]) -> str:

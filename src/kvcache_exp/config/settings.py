@@ -208,7 +208,7 @@ def check_engine(config: dict[str, Any]) -> list[str]:
 
     Reads the configuration only: parsing the workflow never contacts a server.
     """
-    engine = config.get("engine", "llama_cpp_python")
+    engine = config.get("engine")  # absent: the in-process engine, which none of these concern
     server = {**_server_defaults(), **dict(config.get("server") or {})}
     problems: list[str] = []
     if engine == "openai_http" and not server.get("base_url"):
@@ -259,13 +259,13 @@ def check_experiments(
     seen: dict[tuple[int, int], int] = {}
     for index, exp in enumerate(experiments):
         where = f"experiments[{index}] (size_a={exp.get('size_a')}, size_b={exp.get('size_b')})"
-        sizes_ok = True
-        for key, minimum in (("size_a", 1), ("size_b", 1)):
-            value = exp.get(key)
-            if not _is_int(value) or value < minimum:
-                problems.append(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
-                sizes_ok = False
-        if not sizes_ok:
+        bad_sizes = [
+            f"{where}: {key} must be an integer >= 1, got {value!r}"
+            for key, value in ((k, exp.get(k)) for k in ("size_a", "size_b"))
+            if not _is_int(value) or value < 1
+        ]
+        if bad_sizes:  # the checks below need both sizes
+            problems.extend(bad_sizes)
             continue
         key = (exp["size_a"], exp["size_b"])
         if key in seen:

@@ -103,7 +103,7 @@ def reference(engine: CacheSurgeryEngine, prompts: PromptSet, n_tokens: int) -> 
     return Reference(context, scored, continuation, logp, np.array(q[1:] + continuation))
 
 
-def _cure_quality(engine: CacheSurgeryEngine, prompts: PromptSet, ref: Reference) -> Any:
+def _cure_quality(engine: CacheSurgeryEngine, ref: Reference) -> Any:
     """The cure's distributions over Q and the reference continuation, from the cure's
     cache of ``[S, B]`` (Q's cells are dropped and Q evaluated again with every logit)."""
     engine.truncate(len(ref.context))
@@ -180,9 +180,7 @@ def run_cures(
                     positions=positions,
                     prompt=len(prompt),
                 )
-                found = (
-                    quality.NAN_QUALITY if cure.name == HIT else _cure_quality(engine, prompts, ref)
-                )
+                found = quality.NAN_QUALITY if cure.name == HIT else _cure_quality(engine, ref)
                 rows.append(
                     {
                         **shared,
@@ -218,10 +216,10 @@ def _warm(
     engine.clear()
     warm = engine.generation(prompts.warmup, warmup_tokens)
     warm.run()
-    following = warm.result().tokens[:1]
-    if following and prompts.q.tokens[0] == following[0]:
+    generated = warm.result().tokens  # none when the model ended at once
+    if generated and prompts.q.tokens[0] == generated[0]:
         log.info("Q would start with the model's continuation of [S, A, B]; choosing another")
-        prompts = prompt_for(variant, keep, following[0])
+        prompts = prompt_for(variant, keep, generated[0])
     return prompts, engine.snapshot(), len(engine.cached)
 
 

@@ -106,7 +106,7 @@ def _build_segment(
     words: Iterator[str],
     tokenize: Tokenize,
     avoid_first: int | None,
-    need_note: str = "",
+    need_note: str,
 ) -> Segment:
     """Take words from ``words`` until they make exactly ``n_tokens`` tokens.
 
@@ -214,9 +214,7 @@ def check_prompts(prompts: PromptSet, tokenize: Tokenize) -> None:
     for name in ("warmup", "hit", "miss"):
         if tokenize(prompts.text(name)) != prompts.tokens(name):
             raise PromptError(f"the {name} prompt's text does not tokenize back to its tokens")
-    warm = prompts.warmup
-    if prompts.hit[: len(warm)] != warm:
-        raise PromptError("the hit prompt does not start with the warm-up prompt")
+    warm = prompts.warmup  # the hit starts with it by construction (PromptSet.hit)
     kept = len(prompts.s.tokens)
     if prompts.miss[kept] == warm[kept]:
         raise PromptError(

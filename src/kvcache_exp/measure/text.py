@@ -125,7 +125,7 @@ def words(seed: int, *, question: bool = False) -> Iterator[str]:
         yield from text.split()
 
 
-def words_from_text(text: str, cut: int = 0, cuts: int = 1) -> Iterator[str]:
+def words_from_text(text: str, cut: int, cuts: int) -> Iterator[str]:
     """Yield the words of a user-supplied text, once, in order: from the start of its
     ``cut``-th of ``cuts`` equal parts to the end, then from its beginning (so that
     several distinct prompts can come from one text)."""
