@@ -146,6 +146,7 @@ def test_the_variants_of_the_prose(tokenize):
     assert build_prompts(tokenize, 12, 12, 6) == build_prompts(
         tokenize, 12, 12, 6, variant=0, variants=1
     )
+
     def drawn_from(segment, stream) -> bool:
         """The segment's first words run on in the stream, from one of its first words
         (B skips a word that would start it with A's first token)."""

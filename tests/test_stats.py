@@ -370,3 +370,60 @@ def test_the_line_and_bow_far_from_zero_and_over_resamples():
     assert (far_slope, far_bow) == (pytest.approx(slope, rel=1e-6), pytest.approx(bow, rel=1e-6))
     slopes, bows = stats.line_and_bow([5, 5, 5], np.ones((4, 3)))
     assert slopes.shape == bows.shape == (4,) and np.isnan(slopes).all()
+
+
+def test_each_pairs_one_sided_test_is_its_own():
+    """Pairs are batched for speed, but each p-value is that of its own call: a small
+    pair without ties keeps scipy's exact test even beside a pair with ties (scipy
+    judges ties over a whole batch), a one-value sample is a sample, an empty one gives
+    NaN and the pairs after it are still tested."""
+    rng = np.random.default_rng(0)
+    pairs = [
+        (rng.normal(size=8), rng.normal(size=8) + 1.0),  # small, no ties: exact
+        (np.array([1.0, 1, 2, 3, 4, 5, 6, 7]), rng.normal(size=8) + 3.0),  # ties
+        ([], [1.0, 2.0]),
+        ([1.0, 2.0], []),
+        ([0.5], [1.0, 2.0, 3.0]),
+        ([1.0, 2.0, 3.0], [2.5]),
+        (rng.normal(size=9), rng.normal(size=9) + 0.5),  # large: batched
+        (rng.normal(size=9), np.round(rng.normal(size=9) + 0.5)),  # large, ties
+    ]
+    got = stats.mann_whitney_greater_each([lo for lo, _ in pairs], [hi for _, hi in pairs])
+    for i, (lo, hi) in enumerate(pairs):
+        if len(lo) == 0 or len(hi) == 0:
+            assert math.isnan(got[i]), i
+        else:
+            want = sps.mannwhitneyu(hi, lo, alternative="greater").pvalue
+            assert got[i] == pytest.approx(want, rel=1e-12), i
+
+
+def test_slow_outliers_at_the_edges_of_their_rule():
+    """Five positive values are enough; zeros, negatives and NaN are never judged (a
+    log scale), whatever their size; values under 1 (seconds) count like any other."""
+    five = [1.0, 1.02, 0.98, 1.01, 9.0]
+    assert stats.slow_outliers(five, k=5, slow="high").tolist() == [False] * 4 + [True]
+    assert not stats.slow_outliers(five, k=5, slow="high", min_n=6).any()
+    seconds = [0.10, 0.102, 0.098, 0.101, 0.099, 0.9]
+    assert stats.slow_outliers(seconds, k=5, slow="high").tolist() == [False] * 5 + [True]
+    odd = [0.0, -3.0, math.nan, 1.0, 1.02, 0.98, 1.01, 0.99]
+    assert not stats.slow_outliers(odd, k=5, slow="low").any()
+    assert not stats.slow_outliers([None, 1.0, 1.0, 1.0, 1.0, 1.0], k=5, slow="low").any()
+
+
+def test_lack_of_fit_takes_rounding_for_no_pure_error():
+    """Repeats that differ only by rounding, at a large level, have no pure error to speak
+    of: the F test is undefined, not a huge F."""
+    x = [1, 1, 2, 2, 3, 3]
+    y = 1e6 * np.array(x, dtype=float) + np.array([0.0, 1e-9, 0.0, 1e-9, 0.0, 1e-9])
+    lof = stats.lack_of_fit(x, y)
+    assert math.isnan(lof.f) and math.isnan(lof.p)
+    # a missing y drops its pair only
+    lof = stats.lack_of_fit([0, 0, 1, 1, 2, 2, 3], [0, 2, 1, 3, 6, 8, math.nan])
+    assert lof == stats.lack_of_fit([0, 0, 1, 1, 2, 2], [0, 2, 1, 3, 6, 8])
+
+
+def test_holm_sidak_leaves_a_missing_p_value_out():
+    assert stats.holm_sidak([0.01, None, 0.04]) == pytest.approx(
+        [*stats.holm_sidak([0.01, 0.04])[:1], math.nan, stats.holm_sidak([0.01, 0.04])[1]],
+        nan_ok=True,
+    )

@@ -68,6 +68,9 @@ def _seed_runs() -> dict[str, object]:
         "one_unverified": _one_configuration_unverified(),
         "thirty_trials": make_results(trials=30, seed=6),
         "two_configurations": make_results(SEED_CONFIGS[:2]),
+        "faster_miss": make_results(miss_ttft=lambda a, b, q: 10.0),
+        "falling_miss": make_results(miss_ttft=lambda a, b, q: 400.0 - 0.5 * b),
+        "no_decode": make_results().drop(columns=["decode_tok_s"]),
         # the middle configuration has one trial per condition: no interval of its own
         "one_single_trial": pd.concat(
             [

@@ -114,7 +114,7 @@ def configurations(df: pd.DataFrame) -> list[Config]:
     if df.empty:
         return []
     keys = df[_CONFIG].drop_duplicates()
-    return [(int(s), int(a), int(b)) for s, a, b in keys.itertuples(index=False)]
+    return [(int(s), int(a), int(b)) for s, a, b in keys.to_numpy()]
 
 
 def _column(rows: pd.DataFrame, name: str) -> np.ndarray:

@@ -122,17 +122,17 @@ def stratified_bootstrap(
     mistaken for a narrow one, nor an infinite one reported.
     """
     arrays = [clean(s) for s in samples]
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. the median of an empty sample
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. the median of an empty sample, a division by 0
         try:
-            estimates = np.atleast_1d(np.asarray(statistic(*arrays, axis=-1), dtype=float))
+            estimates = np.atleast_1d(statistic(*arrays, axis=-1))
         except (ValueError, IndexError):  # a statistic that refuses an empty sample
             estimates = np.array([math.nan])
     if any(a.size == 0 for a in arrays):
         return [Interval(math.nan, math.nan, math.nan) for _ in estimates]
     if any(a.size < 2 for a in arrays):
         return [Interval(float(e), math.nan, math.nan) for e in estimates]
-    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples: handled below, as NaN bounds
         res = sps.bootstrap(
             arrays,
@@ -144,9 +144,9 @@ def stratified_bootstrap(
             batch=_BATCH,
             rng=np.random.default_rng(seed),
         )
-    lows = np.atleast_1d(np.asarray(res.confidence_interval.low, dtype=float))
-    highs = np.atleast_1d(np.asarray(res.confidence_interval.high, dtype=float))
-    draws = np.asarray(res.bootstrap_distribution, dtype=float).reshape(estimates.size, -1)
+    lows = np.atleast_1d(res.confidence_interval.low)
+    highs = np.atleast_1d(res.confidence_interval.high)
+    draws = np.reshape(res.bootstrap_distribution, (estimates.size, -1))
     undefined = ~np.isfinite(draws).all(axis=1)
     return [
         Interval(float(e), math.nan, math.nan) if bad else Interval(float(e), float(lo), float(hi))

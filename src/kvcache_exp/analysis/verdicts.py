@@ -362,7 +362,7 @@ def _verdict_miss_linear(configs: list[Configuration], *, n_resamples: int, seed
         f"bow's CI excludes 0) and the bow is at least {margin:.0%}; otherwise undetermined."
     )
     used = [c for c in configs if c.miss.size]
-    x = np.array([c.x_miss for c in used], dtype=float)
+    x = np.array([c.x_miss for c in used])  # floats: medians, or B as a float
     distinct = np.unique(x).size
     if distinct < MISS_LINEAR_MIN_POINTS:
         reason = (
