@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -72,7 +73,7 @@ def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
     level = logger.level
     logger.addHandler(lines)
     logger.setLevel(logging.INFO)
-    sleep, cures.time.sleep = cures.time.sleep, pause
+    real_time, cures.time = cures.time, SimpleNamespace(sleep=pause)  # the cures' clock only
     try:
         cures.run_cures(
             engine,
@@ -87,7 +88,7 @@ def _run(path: Path, keeps: tuple[int, ...] = (0,), cache_type: str = "f32"):
             rows=rows,
         )
     finally:
-        cures.time.sleep = sleep
+        cures.time = real_time
         engine.close()
         logger.removeHandler(lines)
         logger.setLevel(level)

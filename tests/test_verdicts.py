@@ -281,7 +281,10 @@ def test_trials_from_seed_style_csvs_and_odd_cells():
     assert all(c.hit_decode.size == c.miss_decode.size == 0 for c in configs)
     odd = make_results().astype({"ttft_ms": object})
     odd.loc[0, "ttft_ms"] = ""  # the first hit of the first configuration
-    assert trials.by_configuration(odd)[0].hit.size == 9
+    odd.loc[1, "size_b"] = math.nan  # its second hit, of no known configuration
+    found = trials.by_configuration(odd)
+    assert [(c.size_a, c.size_b) for c in found] == list(SEED_CONFIGS)
+    assert (found[0].hit.size, found[0].miss.size) == (8, 10)
     [only] = trials.by_configuration(make_results().iloc[:1])
     assert (only.size_a, only.size_b, only.hit.size, only.miss.size) == (512, 256, 1, 0)
 
